@@ -1,0 +1,156 @@
+"""Goals and the plain-text side-by-side table of the ONNX benchmark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from _bench_common import MIB, Row
+
+EE, OPT = "edge-export", "optimum"
+SPEED = {"encoder": ("p50_ms", "p50 ms"), "decoder": ("tokens_per_s", "tok/s")}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One target ratio: `ratio` must be <= `limit` (upper) or >= `limit` (lower)."""
+
+    name: str
+    ratio: float | None
+    limit: float
+    upper: bool
+    detail: str
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL, or n/a when a number is missing."""
+        if self.ratio is None:
+            return "n/a"
+        ok = self.ratio <= self.limit if self.upper else self.ratio >= self.limit
+        return "PASS" if ok else "FAIL"
+
+
+def find(rows: list[Row], model: str, tool: str, precision: str) -> Row | None:
+    """The row for (model, tool, precision), if any."""
+    return next(
+        (r for r in rows if (r.model, r.tool, r.precision) == (model, tool, precision)), None
+    )
+
+
+def _value(row: Row | None, field: str) -> float | None:
+    """A row's number: a Row attribute (wall_s, size_bytes, ...) or one of its metrics."""
+    if row is None or row.status not in {"ok", "gate-failed"}:
+        return None
+    value = getattr(row, field) if hasattr(row, field) else row.metrics.get(field)
+    return None if value is None else float(value)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _goal(name: str, a: float | None, b: float | None, limit: float, upper: bool) -> Goal:
+    sign = "<=" if upper else ">="
+    shown = "?" if a is None or b is None else f"{a:.4g} / {b:.4g}"
+    return Goal(name, _ratio(a, b), limit, upper, f"{shown}, goal {sign} {limit:g}x")
+
+
+def goals(rows: list[Row], kinds: dict[str, str]) -> list[Goal]:
+    """The project's goals against Optimum and for int4, from the measured rows."""
+    out: list[Goal] = []
+    for model, kind in kinds.items():
+        for precision in ("fp32", "int8"):
+            ee, opt = find(rows, model, EE, precision), find(rows, model, OPT, precision)
+            wall = (_value(ee, "wall_s"), _value(opt, "wall_s"))
+            out.append(_goal(f"{model} {precision} export wall: ee/optimum", *wall, 1.0, True))
+        ee, opt = find(rows, model, EE, "int8"), find(rows, model, OPT, "int8")
+        key = SPEED[kind][0]
+        speed = (_value(ee, key), _value(opt, key))
+        if kind == "encoder":
+            out.append(_goal(f"{model} int8 p50 latency: ee/optimum", *speed, 1.0, True))
+        else:
+            out.append(_goal(f"{model} int8 decode tok/s: ee/optimum", *speed, 1.0, False))
+    if kinds.get("smollm2") == "decoder":
+        int4, fp32 = find(rows, "smollm2", EE, "int4"), find(rows, "smollm2", EE, "fp32")
+        size = (_value(int4, "size_bytes"), _value(fp32, "size_bytes"))
+        out.append(_goal("smollm2 ee int4 size / ee fp32 size", *size, 0.3, True))
+        tps = (_value(int4, "tokens_per_s"), _value(fp32, "tokens_per_s"))
+        out.append(_goal("smollm2 ee int4 tok/s / ee fp32 tok/s", *tps, 1.5, False))
+    return out
+
+
+def _cell(row: Row | None, field: str, fmt: str, scale: float = 1.0) -> str:
+    if row is None:
+        return "-"
+    if row.status in {"n/a", "error"}:
+        return "n/a" if row.status == "n/a" else "ERROR"
+    value = _value(row, field)
+    return "-" if value is None else format(value / scale, fmt)
+
+
+def _quality(row: Row | None, kind: str) -> str:
+    if row is None or not row.metrics:
+        return "-"
+    if kind == "encoder":
+        cos = row.metrics.get("cosine_vs_torch")
+        return "-" if cos is None else f"cos {cos:.5f}"
+    agree, match = row.metrics.get("top1_agreement"), row.metrics.get("greedy_match")
+    if agree is None or match is None:
+        return "-"
+    return f"{agree:.0%} ({match}/{row.metrics['generated']})"
+
+
+def model_table(rows: list[Row], model: str, kind: str) -> str:
+    """Side-by-side table of one model: edge-export vs Optimum per precision."""
+    key, label = SPEED[kind]
+    quality = "cos vs torch" if kind == "encoder" else "top-1 vs torch (greedy prefix)"
+    header = ["precision", "export s", "", "ratio", "peak RSS MiB", "", "size MiB", ""]
+    header += [label, "", "ratio", quality, ""]
+    sub = ["", EE, OPT, "ee/opt", EE, OPT, EE, OPT, EE, OPT, "ee/opt", EE, OPT]
+    lines = [header, sub]
+    for precision in ("fp32", "int8", "int4"):
+        ee, opt = find(rows, model, EE, precision), find(rows, model, OPT, precision)
+        if ee is None and opt is None:
+            continue
+        wall = _ratio(_value(ee, "wall_s"), _value(opt, "wall_s"))
+        spd = _ratio(_value(ee, key), _value(opt, key))
+        lines.append(
+            [
+                precision,
+                _cell(ee, "wall_s", ".1f"),
+                _cell(opt, "wall_s", ".1f"),
+                "-" if wall is None else f"{wall:.2f}x",
+                _cell(ee, "peak_rss_mib", ".0f"),
+                _cell(opt, "peak_rss_mib", ".0f"),
+                _cell(ee, "size_bytes", ".1f", MIB),
+                _cell(opt, "size_bytes", ".1f", MIB),
+                _cell(ee, key, ".2f"),
+                _cell(opt, key, ".2f"),
+                "-" if spd is None else f"{spd:.2f}x",
+                _quality(ee, kind),
+                _quality(opt, kind),
+            ]
+        )
+    return _format_grid(lines)
+
+
+def _format_grid(lines: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    text.insert(2, "-" * len(text[0]))
+    return "\n".join(t.rstrip() for t in text)
+
+
+def render(rows: list[Row], kinds: dict[str, str], footnotes: list[str]) -> str:
+    """The full report: one table per model, the goals, notes per row, and footnotes."""
+    parts = []
+    for model, kind in kinds.items():
+        parts += [f"== {model} ==", model_table(rows, model, kind), ""]
+    parts.append("Goals")
+    for goal in goals(rows, kinds):
+        ratio = "-" if goal.ratio is None else f"{goal.ratio:.2f}x"
+        parts.append(f"  [{goal.verdict:4}] {goal.name} = {ratio} ({goal.detail})")
+    notes = [f"  {r.tool} {r.model} {r.precision}: {n}" for r in rows for n in r.notes]
+    if notes:
+        parts += ["", "Notes", *notes]
+    parts += ["", "Footnotes", *(f"  [{i}] {f}" for i, f in enumerate(footnotes, 1))]
+    return "\n".join(parts)

@@ -1,0 +1,117 @@
+"""Library entry points: export, validate, bench, targets. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_export.config import ExportConfig, LatencyConfig
+from edge_export.devices import get_device
+from edge_export.errors import ConfigError, DeviceError, InputError
+from edge_export.exporter.bundle import verify_bundle
+from edge_export.report.progress import Progress
+from edge_export.report.schema import REPORT_SCHEMA, exit_code, new_result, tool_versions
+from edge_export.targets.base import registry
+from edge_export.validation.latency import decode_rate, summarize
+
+
+def export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dict[str, Any], int]:
+    """Export, validate and measure; returns (report, exit code) and writes OUT atomically."""
+    from edge_export.exporter.orchestrate import run_export
+
+    return run_export(cfg, progress)
+
+
+def targets_info() -> list[dict[str, Any]]:
+    """Every target with its recipes and whether its extra is installed."""
+    info = []
+    for name, target in sorted(registry().items()):
+        missing = target.missing_dependency()
+        info.append({
+            "name": name,
+            "extra": target.extra,
+            "installed": missing is None,
+            "missing": missing,
+            "quantizes": target.quantizes,
+            "recipes": [r.to_dict() for r in target.recipes()],
+        })  # fmt: skip
+    return info
+
+
+def read_bundle(bundle: Path) -> dict[str, Any]:
+    """The manifest of an intact bundle; InputError when missing or modified."""
+    manifest_file = bundle / "manifest.json"
+    if not manifest_file.is_file():
+        raise InputError(f"{bundle} is not a bundle (no manifest.json)", hint="pass a folder made by edge-export export")
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{manifest_file} is not valid JSON", hint="re-export the bundle") from exc
+    changed = verify_bundle(bundle)
+    if changed:
+        raise InputError(f"bundle files changed since export: {', '.join(changed)}", hint="re-export the bundle")
+    return manifest
+
+
+def bench_inputs(bundle: Path, manifest: dict[str, Any], lat: LatencyConfig) -> dict[str, np.ndarray]:
+    """Real-text inputs from the bundle's own tokenizer (hashed ids when it has none)."""
+    from edge_export.exporter.textdata import builtin_text
+
+    passage = " ".join([builtin_text().passage] * 4)
+    decoder = manifest["io"]["kind"] == "decoder"
+    limit = lat.prompt_tokens if decoder else lat.sequence_length
+    try:
+        from transformers import AutoTokenizer
+
+        ids = AutoTokenizer.from_pretrained(str(bundle))(passage)["input_ids"][:limit]
+    except (OSError, ValueError, TypeError):
+        ids = [5 + i % 90 for i in range(limit)]
+    if decoder:
+        return {"prompt_ids": np.array(ids, dtype=np.int64)}
+    row = np.tile(np.array(ids, dtype=np.int64), (lat.batch_size, 1))
+    feeds = {"input_ids": row, "attention_mask": np.ones_like(row)}
+    if any(t["name"] == "token_type_ids" for t in manifest["io"]["inputs"]):
+        feeds["token_type_ids"] = np.zeros_like(row)
+    return feeds
+
+
+def bench(bundle: Path, devices: list[str], lat: LatencyConfig) -> tuple[dict[str, Any], int]:
+    """Latency of an existing bundle on each device; exit 4 when a device fails."""
+    if not bundle.is_dir():
+        raise InputError(f"bundle {bundle} does not exist", hint="pass a bundle folder from OUT")
+    manifest = read_bundle(bundle)
+    inputs = bench_inputs(bundle, manifest, lat)
+    decoder = manifest["io"]["kind"] == "decoder"
+    result = new_result(manifest["target"], manifest["recipe"]["id"], manifest["recipe"]["precision"])
+    result.update(status="passed", bundle=str(bundle), artifact=manifest["artifact"])
+    for name in devices or ["local"]:
+        device = get_device(name)
+        try:
+            res = device.run(bundle, inputs, lat.warmup, lat.iterations, mode="generate" if decoder else "graph",
+                             decode_tokens=lat.decode_tokens)  # fmt: skip
+        except DeviceError as exc:
+            result["latency_by_device"].append({"device": name, "error": {"type": "DeviceError", "message": exc.one_line()}})
+            continue
+        entry = {"device": name, **summarize(res.latencies_ms), "load_ms": res.load_ms,
+                 "peak_rss_mb": res.peak_rss_mb, "runtime": res.runtime}  # fmt: skip
+        if decoder:
+            entry.update(ttft_ms=entry.get("p50_ms"), decode_tokens_per_s=decode_rate(res.extra.get("decode_ms", [])))
+        result["latency_by_device"].append(entry)
+    result["latency"] = result["latency_by_device"][0] if result["latency_by_device"] else None
+    report = {"schema": REPORT_SCHEMA, "model": manifest["model"], "versions": tool_versions(), "results": [result]}
+    return report, exit_code([result])
+
+
+def validate(bundle: Path, cfg_overrides: dict[str, Any], progress: Progress | None = None) -> tuple[dict[str, Any], int]:
+    """Re-check a bundle: rebuild the reference from the recorded model source, re-run the gates."""
+    from edge_export.exporter.revalidate import revalidate
+
+    if not bundle.is_dir():
+        raise InputError(f"bundle {bundle} does not exist", hint="pass a bundle folder from OUT")
+    manifest = read_bundle(bundle)
+    if manifest["target"] not in registry():
+        raise ConfigError(f"bundle target {manifest['target']} is not available here")
+    return revalidate(bundle, manifest, cfg_overrides, progress or Progress(enabled=False))

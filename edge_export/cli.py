@@ -1,0 +1,161 @@
+"""Command line: parse args -> build config -> call api -> map errors to exit codes.
+
+Exit codes: 0 all passed; 1 a validation gate failed; 2 usage/config/input error (nothing
+written); 3 an export failed; 4 a device failed. Errors print one line; --debug adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from edge_export import __version__
+from edge_export.errors import ConfigError, EdgeExportError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too; keep our one-line format
+        self.print_usage(sys.stderr)
+        raise SystemExit(_fail(ConfigError(message, hint=f"see {self.prog} --help")))
+
+
+def _fail(exc: EdgeExportError) -> int:
+    print(f"error: {exc.one_line()}", file=sys.stderr)
+    return exc.exit_code
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout, nothing else")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _latency_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", action="append", dest="devices", metavar="NAME", help="device to measure on (repeatable)")
+    p.add_argument("--warmup", type=int, help="warmup iterations")
+    p.add_argument("--iterations", type=int, help="timed iterations")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = _Parser(prog="edge-export", description="Export Hugging Face models to validated edge bundles.")
+    parser.add_argument("--version", action="version", version=f"edge-export {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    exp = sub.add_parser("export", help="export, validate and measure a model")
+    exp.add_argument("model", help="HF model folder, hub id, or .gguf file")
+    exp.add_argument("--task", help="feature-extraction, text-classification, fill-mask, text-generation")
+    exp.add_argument("--target", action="append", dest="targets", help="onnx[,coreml,executorch,tflite] or all")
+    exp.add_argument("--quantize", action="append", help="fp32,fp16,int8,int4 (recommended recipe per target)")
+    exp.add_argument("--recipe", action="append", dest="recipes", metavar="ID", help="exact recipe id, e.g. onnx:int8-static")
+    exp.add_argument("--config", type=Path, help="YAML or TOML config file (flags override it)")
+    exp.add_argument("--out", type=Path, help="output folder (default edge-export-out)")
+    exp.add_argument("--data", type=Path, help="real text for validation and calibration (.txt or .jsonl)")
+    exp.add_argument("--force", action="store_true", default=None, help="replace an existing output folder")
+    exp.add_argument("--allow-pickle", action="store_true", default=None, help="allow pickle checkpoints (runs code)")
+    exp.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the model's own code")
+    exp.add_argument("--no-validate", action="store_true", help="skip accuracy validation")
+    exp.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    _latency_flags(exp)
+    _common(exp)
+    val = sub.add_parser("validate", help="re-check a bundle (accuracy + latency)")
+    val.add_argument("bundle", type=Path)
+    val.add_argument("--data", type=Path)
+    _latency_flags(val)
+    _common(val)
+    ben = sub.add_parser("bench", help="measure a bundle's latency")
+    ben.add_argument("bundle", type=Path)
+    _latency_flags(ben)
+    _common(ben)
+    tgt = sub.add_parser("targets", help="targets, recipes, and whether each is installed")
+    _common(tgt)
+    return parser
+
+
+def _export_config(args: argparse.Namespace) -> Any:
+    from edge_export.config import build_config, read_config_file
+
+    file_values = read_config_file(args.config) if args.config else {}
+    flags: dict[str, Any] = {
+        "model": args.model, "task": args.task, "targets": args.targets, "quantize": args.quantize,
+        "recipes": args.recipes, "out": args.out, "force": args.force, "allow_pickle": args.allow_pickle,
+        "trust_remote_code": args.trust_remote_code, "devices": args.devices,
+    }  # fmt: skip
+    nested = _nested_flags(args)
+    if args.no_validate:
+        nested["validation"]["enabled"] = False
+    if args.no_latency:
+        nested["latency"]["enabled"] = False
+    flags.update({k: v for k, v in nested.items() if v})
+    return build_config(file_values, flags)
+
+
+def _nested_flags(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    latency = {k: getattr(args, k) for k in ("warmup", "iterations") if getattr(args, k, None) is not None}
+    validation = {"data": args.data} if getattr(args, "data", None) else {}
+    return {"latency": latency, "validation": validation}
+
+
+def _emit(report: dict[str, Any], as_json: bool) -> None:
+    from edge_export.report.schema import to_json
+    from edge_export.report.table import print_table
+
+    if as_json:
+        sys.stdout.write(to_json(report) + "\n")
+    else:
+        print_table(report)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from edge_export import api
+    from edge_export.config import LatencyConfig
+    from edge_export.report.progress import Progress
+
+    if args.command == "targets":
+        info = api.targets_info()
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            for target in info:
+                state = "installed" if target["installed"] else f"missing: pip install 'edge-export[{target['extra']}]'"
+                print(f"{target['name']} ({state})")
+                for recipe in target["recipes"]:
+                    print(f"  {recipe['id']:<24} {recipe['precision']:<5} {recipe['description']}")
+        return 0
+    progress = Progress(enabled=False if args.json else None)
+    if args.command == "export":
+        report, code = api.export(_export_config(args), progress)
+    elif args.command == "validate":
+        overrides = {k: v for k, v in _nested_flags(args).items() if v}
+        if args.devices:
+            overrides["devices"] = args.devices
+        report, code = api.validate(args.bundle, overrides, progress)
+    else:
+        lat = LatencyConfig(**_nested_flags(args)["latency"])
+        report, code = api.bench(args.bundle, args.devices or ["local"], lat)
+    _emit(report, args.json)
+    for result in report["results"]:
+        message = (result.get("error") or {}).get("message") or (result.get("accuracy") or {}).get("failure")
+        if message:
+            print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `edge-export` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except EdgeExportError as exc:
+        if args.debug:
+            traceback.print_exc()
+        return _fail(exc)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written at the output folder", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

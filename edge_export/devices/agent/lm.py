@@ -1,0 +1,90 @@
+"""Greedy generation and perplexity over a graph with explicit KV-cache inputs and outputs.
+
+The same session drives the PyTorch reference and every runtime whose graph follows the
+past_key_values.{i}.key/value -> present.{i}.key/value convention, so their results compare 1:1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+RunFn = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+class KVCacheSession:
+    """Batch-1 decoding state: past tensors, their length, and one `step` per chunk of tokens."""
+
+    def __init__(self, run: RunFn, io: Mapping[str, Any]) -> None:
+        self._run = run
+        names = [t["name"] for t in io["inputs"]]
+        self.past_names = [n for n in names if n.startswith("past_key_values.")]
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        self.has_positions = "position_ids" in names
+        cache = io["cache"]
+        self._empty = np.zeros((1, cache["kv_heads"], 0, cache["head_dim"]), dtype=np.float32)
+        self.past: dict[str, np.ndarray] = {}
+        self.length = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the cache; the next step is a prefill."""
+        self.past = {name: self._empty for name in self.past_names}
+        self.length = 0
+
+    def step(self, token_ids: np.ndarray) -> np.ndarray:
+        """Feed tokens [1, n]; returns logits [1, n, vocab] and extends the cache."""
+        token_ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
+        count = token_ids.shape[1]
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": token_ids,
+            "attention_mask": np.ones((1, self.length + count), dtype=np.int64),
+        }
+        if self.has_positions:
+            feeds["position_ids"] = np.arange(self.length, self.length + count, dtype=np.int64)[None]
+        feeds.update(self.past)
+        out = self._run(feeds)
+        self.past = {p: np.asarray(out[q]) for p, q in zip(self.past_names, self.present_names)}
+        self.length += count
+        return np.asarray(out["logits"])
+
+
+def greedy_generate(
+    session: KVCacheSession,
+    prompt: list[int],
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Prefill the prompt, then append argmax tokens one at a time (stops at EOS)."""
+    session.reset()
+    logits = session.step(np.array(prompt))
+    generated: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(np.argmax(logits[0, -1]))
+        generated.append(token)
+        if on_token is not None:
+            on_token(token)
+        if eos_token_id is not None and token == eos_token_id:
+            break
+        logits = session.step(np.array([token]))
+    return generated
+
+
+def token_logits(session: KVCacheSession, token_ids: list[int], chunk: int = 256) -> np.ndarray:
+    """Logits [n, vocab] for every position of a text, fed in chunks through the cache."""
+    session.reset()
+    parts = [session.step(np.array(token_ids[i : i + chunk]))[0] for i in range(0, len(token_ids), chunk)]
+    return np.concatenate(parts, axis=0)
+
+
+def perplexity(logits: np.ndarray, token_ids: list[int]) -> float:
+    """exp(mean negative log-likelihood) of token_ids[1:] given logits[:-1]."""
+    logits = logits[:-1].astype(np.float64)
+    targets = np.asarray(token_ids[1:])
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    nll = -log_probs[np.arange(len(targets)), targets].mean()
+    return float(np.exp(nll))

@@ -1,0 +1,32 @@
+"""Map a bundle's target name to the runtime adapter that loads it on this machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class MissingRuntime(Exception):
+    """The runtime a bundle needs is not installed on this device."""
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    """The bundle's manifest.json."""
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def load_bundle(bundle: Path, threads: int | None = None) -> tuple[Any, dict[str, Any], str]:
+    """(model adapter, manifest, runtime version) for a bundle folder."""
+    manifest = read_manifest(bundle)
+    target = manifest["target"]
+    artifact = bundle / manifest["artifact"]
+    if target == "onnx":
+        try:
+            from .onnx_model import OnnxModel, runtime_version
+
+            version = runtime_version()
+        except ImportError as exc:
+            raise MissingRuntime("onnxruntime is not installed on this device") from exc
+        return OnnxModel(artifact, threads), manifest, f"onnxruntime {version}"
+    raise MissingRuntime(f"no runtime adapter for target '{target}' on this device")

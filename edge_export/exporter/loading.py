@@ -1,0 +1,167 @@
+"""Load a resolved model source into a PreparedModel: config, task, family, weights, tokenizer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edge_export.errors import ConfigError, InputError, MissingDependencyError
+from edge_export.exporter.families import family_for
+from edge_export.exporter.prepared import PreparedModel
+from edge_export.exporter.source import ModelSource
+from edge_export.exporter.tasks import auto_class, check_task, infer_task
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def _gguf_kwargs(source: ModelSource) -> dict[str, Any]:
+    if source.gguf_file is None:
+        return {}
+    try:
+        import gguf  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("gguf", "loading .gguf models") from exc
+    return {"gguf_file": source.gguf_file.name}
+
+
+def load_config(source: ModelSource, trust_remote_code: bool) -> Any:
+    """The model's transformers config; remote code only when the user allowed it."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            str(source.folder), trust_remote_code=trust_remote_code, **_gguf_kwargs(source)
+        )
+    except ValueError as exc:
+        text = str(exc)
+        if "trust_remote_code" in text:
+            raise InputError(
+                f"{source.given} needs custom code from its repository to load",
+                hint="review that code, then pass --trust-remote-code",
+            ) from exc
+        raise InputError(f"cannot read the config of {source.given}: {text.splitlines()[0]}") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the config of {source.given}: {exc}") from exc
+
+
+def read_pooling(folder: Path) -> dict[str, Any] | None:
+    """Pooling of a sentence-transformers folder (modules.json), or None when it has none."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return None
+    modules = json.loads(modules_file.read_text())
+    pooling: dict[str, Any] | None = None
+    normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+    for module in modules:
+        if module.get("type", "").endswith("Pooling"):
+            conf = json.loads((folder / module.get("path", "") / "config.json").read_text())
+            for mode in ("mean", "cls", "max"):
+                if conf.get(f"pooling_mode_{mode}_tokens") or conf.get(f"pooling_mode_{mode}_token"):
+                    pooling = {"mode": mode, "normalize": normalize}
+                    break
+            else:
+                raise InputError(
+                    f"unsupported sentence-transformers pooling in {modules_file}",
+                    hint="edge-export supports mean, cls and max pooling",
+                )
+    return pooling
+
+
+def _load_weights(source: ModelSource, task: str, trust_remote_code: bool) -> torch.nn.Module:
+    cls = auto_class(task)
+    kwargs: dict[str, Any] = {"dtype": torch.float32, "trust_remote_code": trust_remote_code}
+    kwargs.update(_gguf_kwargs(source))
+    if source.kind != "gguf":
+        kwargs["use_safetensors"] = not source.uses_pickle
+    try:
+        model = cls.from_pretrained(str(source.folder), **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"cannot load the weights of {source.given} for {task}: {first}",
+            hint="check the files are complete and match config.json",
+        ) from exc
+    if source.kind == "gguf":
+        model = _plain_copy(cls, model)
+    return model.float().eval()
+
+
+def _plain_copy(cls: Any, model: torch.nn.Module) -> torch.nn.Module:
+    """GGUF models load flagged as quantized (no .float(), odd export paths): rebuild a plain
+    model from the config and copy the dequantized weights in."""
+    plain = cls.from_config(model.config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")}
+    if set(missing) - tied or unexpected:
+        raise InputError(f"GGUF weights do not match the architecture: missing {missing}, unexpected {unexpected}")
+    if tied:
+        plain.tie_weights()
+    plain.generation_config = model.generation_config
+    return plain
+
+
+def _load_tokenizer(source: ModelSource) -> Any | None:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(source.folder), **_gguf_kwargs(source))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def prepare(source: ModelSource, task: str | None, *, trust_remote_code: bool = False) -> PreparedModel:
+    """Load and wrap the model for export; every check that can fail fast runs before the weights load."""
+    _quiet_transformers()
+    config = load_config(source, trust_remote_code)
+    family = family_for(getattr(config, "model_type", "") or "")
+    if task:
+        task = check_task(task)
+    elif not getattr(config, "architectures", None) and len(family.tasks) == 1:
+        task = family.tasks[0]  # GGUF configs carry no architectures; a decoder only generates
+    else:
+        task = infer_task(config)
+    if task not in family.tasks:
+        raise ConfigError(
+            f"task {task} is not supported for {family.name} models",
+            hint=f"use one of: {', '.join(family.tasks)}",
+        )
+    extras: dict[str, Any] = {}
+    if task == "feature-extraction":
+        extras["pooling"] = read_pooling(source.folder)
+    tokenizer = _load_tokenizer(source)
+    hf_model = _load_weights(source, task, trust_remote_code)
+    if task == "text-generation":
+        extras.update(_generation_ids(hf_model, tokenizer))
+    module, io = family.build(hf_model, task, extras)
+    max_positions = int(getattr(config, "max_position_embeddings", 512) or 512)
+    return PreparedModel(
+        source=source,
+        task=task,
+        family=family,
+        hf_model=hf_model,
+        module=module.eval(),
+        io=io,
+        tokenizer=tokenizer,
+        sha256=source.sha256(),
+        config=config,
+        max_positions=min(max_positions, 4096),
+    )
+
+
+def _generation_ids(hf_model: torch.nn.Module, tokenizer: Any | None) -> dict[str, Any]:
+    conf = getattr(hf_model, "generation_config", None)
+    bos = getattr(conf, "bos_token_id", None) or getattr(tokenizer, "bos_token_id", None)
+    eos = getattr(conf, "eos_token_id", None) or getattr(tokenizer, "eos_token_id", None)
+    return {"bos_token_id": bos, "eos_token_id": eos, "vocab_size": int(hf_model.config.vocab_size)}

@@ -1,0 +1,171 @@
+"""The export run: plan, load, then per (target, recipe) export -> bundle -> validate -> measure.
+
+Everything that can be checked cheaply (ids, paths, data files, the output folder) is checked
+before the model loads. A failing target is recorded and the others still run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edge_export.config import ExportConfig
+from edge_export.devices import get_device
+from edge_export.devices.base import Device
+from edge_export.errors import DeviceError, EdgeExportError, ExportError, Interrupted
+from edge_export.exporter.bundle import StagedOutput, write_manifest
+from edge_export.exporter.loading import prepare
+from edge_export.exporter.plan import PlannedRun, plan_runs
+from edge_export.exporter.prepared import CalibrationSet, PreparedModel
+from edge_export.exporter.source import resolve
+from edge_export.exporter.textdata import TextData, load_text
+from edge_export.report.progress import Progress
+from edge_export.report.schema import REPORT_SCHEMA, exit_code, new_result, tool_versions, write_report
+from edge_export.validation.accuracy import Validator
+from edge_export.validation.cases import calibration_set, latency_inputs
+from edge_export.validation.gates import evaluate, failure_message, resolve_thresholds
+from edge_export.validation.latency import decode_rate, summarize
+
+
+class ExportRun:
+    """State shared by the runs of one export: model, reference results, devices."""
+
+    def __init__(self, cfg: ExportConfig, progress: Progress) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.plan: list[PlannedRun] = plan_runs(cfg)
+        self.text: TextData = load_text(cfg.validation.data)
+        self.devices: list[Device] = [get_device(name) for name in dict.fromkeys(cfg.devices)]
+        self.model: PreparedModel | None = None
+        self.validator: Validator | None = None
+        self.calibration: CalibrationSet | None = None
+
+    def load(self) -> PreparedModel:
+        """Resolve and load the model, pre-flight every recipe, compute reference results."""
+        cfg = self.cfg
+        with self.progress.task(f"loading {cfg.model}"):
+            source = resolve(cfg.model, allow_pickle=cfg.allow_pickle, revision=cfg.revision)
+            model = prepare(source, cfg.task, trust_remote_code=cfg.trust_remote_code)
+        for run in self.plan:
+            run.target.check(model, run.recipe)
+        if cfg.validation.enabled:
+            with self.progress.task("computing PyTorch reference outputs"):
+                self.validator = Validator(model, self.text, cfg.validation.generate_tokens)
+        if any(r.recipe.needs_calibration for r in self.plan):
+            self.calibration = calibration_set(model, self.text, cfg.validation.calibration_samples)
+        self.model = model
+        return model
+
+    def run_one(self, run: PlannedRun, staging: Path) -> dict[str, Any]:
+        """Export, bundle, validate and measure one recipe; never raises for target failures."""
+        recipe = run.recipe
+        result = new_result(run.target.name, recipe.id, recipe.precision)
+        bundle = staging / f"{run.target.name}-{recipe.name}"
+        bundle.mkdir()
+        try:
+            with self.progress.task(f"{recipe.id}: exporting"):
+                artifact = run.target.export(self.model, recipe, self.calibration, bundle)
+        except ExportError as exc:
+            shutil.rmtree(bundle, ignore_errors=True)
+            result["error"] = {"type": "ExportError", "stage": exc.stage, "message": exc.one_line()}
+            return result
+        manifest = self._manifest(run, artifact.path.name, artifact.details)
+        self.model.save_tokenizer(bundle)
+        write_manifest(bundle, manifest)
+        result.update(bundle=str(bundle.name), artifact=f"{bundle.name}/{artifact.path.name}",
+                      size_bytes=sum(f.stat().st_size for f in artifact.files))  # fmt: skip
+        result["inspect"] = run.target.inspect(artifact.path)
+        runnable = run.target.load(artifact.path, manifest)
+        result["status"] = "passed"
+        if self.validator is not None:
+            with self.progress.task(f"{recipe.id}: validating"):
+                result["accuracy"] = self.measure_accuracy(run, runnable)
+            if result["accuracy"]["failure"]:
+                result["status"] = "failed"
+        if self.cfg.latency.enabled:
+            result["latency_by_device"] = [self.measure_latency(d, bundle, recipe.id) for d in self.devices]
+            result["latency"] = result["latency_by_device"][0]
+        manifest.update(validation=result["accuracy"], latency=result["latency_by_device"])
+        write_manifest(bundle, manifest)
+        return result
+
+    def _manifest(self, run: PlannedRun, artifact: str, details: dict[str, Any]) -> dict[str, Any]:
+        model = self.model
+        return {
+            "model": {"source": model.source.given, "kind": model.source.kind, "sha256": model.sha256,
+                      "task": model.task, "family": model.family.name},
+            "task": model.task,
+            "target": run.target.name,
+            "recipe": run.recipe.to_dict(),
+            "artifact": artifact,
+            "io": model.io.to_dict(),
+            "runtime": {"name": {"onnx": "onnxruntime"}.get(run.target.name, run.target.name),
+                        "extra": run.target.extra},
+            "export": details,
+            "versions": tool_versions(),
+        }  # fmt: skip
+
+    def measure_accuracy(self, run: PlannedRun, runnable: Any) -> dict[str, Any]:
+        measured = self.validator.measure(runnable)
+        thresholds = resolve_thresholds(
+            run.recipe.id, run.recipe.precision, run.recipe.gates, self.cfg.validation.gates
+        )
+        gates = evaluate(measured.metrics, thresholds)
+        return {
+            "measured_on": "host",
+            "metrics": measured.metrics,
+            "gates": [g.to_dict() for g in gates],
+            "failure": failure_message(run.recipe.id, gates),
+            "details": measured.details,
+        }
+
+    def measure_latency(self, device: Device, bundle: Path, recipe_id: str) -> dict[str, Any]:
+        lat = self.cfg.latency
+        decoder = self.model.io.kind == "decoder"
+        tokens = lat.prompt_tokens if decoder else lat.sequence_length
+        inputs = latency_inputs(self.model, self.text, lat.batch_size, tokens)
+        with self.progress.task(f"{recipe_id}: measuring latency on {device.name}"):
+            try:
+                res = device.run(bundle, inputs, lat.warmup, lat.iterations,
+                                 mode="generate" if decoder else "graph", decode_tokens=lat.decode_tokens)  # fmt: skip
+            except DeviceError as exc:
+                return {"device": device.name, "error": {"type": "DeviceError", "message": exc.one_line()}}
+        entry: dict[str, Any] = {"device": device.name, **summarize(res.latencies_ms),
+                                 "load_ms": res.load_ms, "peak_rss_mb": res.peak_rss_mb, "runtime": res.runtime}  # fmt: skip
+        if decoder:
+            entry.update(prompt_tokens=int(inputs["prompt_ids"].size), ttft_ms=entry.get("p50_ms"),
+                         decode_tokens_per_s=decode_rate(res.extra.get("decode_ms", [])),
+                         decode_tokens=lat.decode_tokens)  # fmt: skip
+        else:
+            entry.update(batch_size=lat.batch_size, sequence_length=int(inputs["input_ids"].shape[1]))
+        entry["providers"] = res.extra.get("providers")
+        return entry
+
+
+def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dict[str, Any], int]:
+    """Run a whole export; returns (report, exit code). Raises EdgeExportError for usage errors."""
+    progress = progress or Progress(enabled=False)
+    staged = StagedOutput(cfg.out, cfg.force)
+    try:
+        run = ExportRun(cfg, progress)
+        model = run.load()
+        results = [run.run_one(planned, staged.path) for planned in run.plan]
+        report = {
+            "schema": REPORT_SCHEMA,
+            "model": {"source": cfg.model, "task": model.task, "sha256": model.sha256,
+                      "family": model.family.name},
+            "versions": tool_versions(),
+            "validation_data": run.text.origin,
+            "devices": [d.info() for d in run.devices],
+            "results": results,
+        }  # fmt: skip
+        write_report(staged.path, report)
+        staged.commit()
+    except KeyboardInterrupt as exc:
+        staged.discard()
+        raise Interrupted("interrupted; nothing was written", hint="run the command again") from exc
+    except (EdgeExportError, Exception):
+        staged.discard()
+        raise
+    return report, exit_code(results)

@@ -1,0 +1,56 @@
+"""Turn the config into the list of (target, recipe) pairs to run, validating every id first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge_export.config import ExportConfig
+from edge_export.errors import ConfigError, MissingDependencyError
+from edge_export.targets.base import Recipe, Target, get_recipe, get_target, recipe_for_precision, registry
+from edge_export.validation.gates import check_override_keys
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One export to perform."""
+
+    target: Target
+    recipe: Recipe
+
+
+def _target_names(cfg: ExportConfig) -> list[str]:
+    names: list[str] = []
+    for item in cfg.targets:
+        for name in item.split(","):
+            name = name.strip()
+            if name == "all":
+                names += list(registry())
+            elif name:
+                names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def plan_runs(cfg: ExportConfig) -> list[PlannedRun]:
+    """Explicit --recipe ids, else the recommended recipe per target and precision."""
+    check_override_keys(cfg.validation.gates)
+    runs: list[PlannedRun] = []
+    if cfg.recipes:
+        for recipe_id in cfg.recipes:
+            recipe = get_recipe(recipe_id)
+            runs.append(PlannedRun(get_target(recipe.target), recipe))
+    else:
+        precisions = [p.strip() for item in cfg.quantize for p in item.split(",") if p.strip()]
+        for name in _target_names(cfg):
+            target = get_target(name)
+            runs += [PlannedRun(target, recipe_for_precision(target, p)) for p in precisions]
+    for recipe_id in cfg.recipe_options:
+        get_recipe(recipe_id)
+    runs = [PlannedRun(r.target, r.recipe.with_options(cfg.recipe_options.get(r.recipe.id, {}))) for r in runs]
+    unique = list({r.recipe.id: r for r in runs}.values())
+    if not unique:
+        raise ConfigError("nothing to export", hint="give --target and --quantize, or --recipe")
+    for run in unique:
+        missing = run.target.missing_dependency()
+        if missing:
+            raise MissingDependencyError(run.target.extra, f"target {run.target.name} ({missing})")
+    return unique

@@ -1,0 +1,46 @@
+"""`edge-export validate BUNDLE`: the export run's accuracy and latency steps on an existing bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edge_export.config import ExportConfig
+from edge_export.errors import InputError
+from edge_export.exporter.orchestrate import ExportRun
+from edge_export.exporter.plan import PlannedRun
+from edge_export.report.progress import Progress
+from edge_export.report.schema import REPORT_SCHEMA, exit_code, new_result, tool_versions
+from edge_export.targets.base import get_recipe, get_target
+
+
+def revalidate(
+    bundle: Path, manifest: dict[str, Any], overrides: dict[str, Any], progress: Progress
+) -> tuple[dict[str, Any], int]:
+    """Reload the model the bundle came from (hash-checked), then measure the bundle as shipped."""
+    recipe = get_recipe(manifest["recipe"]["id"]).with_options(manifest["recipe"].get("options", {}))
+    cfg = ExportConfig.model_validate({
+        "model": manifest["model"]["source"], "task": manifest["task"], "recipes": [recipe.id],
+        "out": bundle, "force": True, **overrides,
+    })  # fmt: skip
+    run = ExportRun(cfg, progress)
+    run.plan = [PlannedRun(get_target(manifest["target"]), recipe)]
+    model = run.load()
+    if model.sha256 != manifest["model"]["sha256"]:
+        raise InputError(
+            f"the model at {cfg.model} is not the one this bundle was exported from (sha256 differs)",
+            hint="validate against the original model files",
+        )
+    planned = run.plan[0]
+    result = new_result(planned.target.name, recipe.id, recipe.precision)
+    artifact = bundle / manifest["artifact"]
+    result.update(bundle=str(bundle), artifact=manifest["artifact"], size_bytes=artifact.stat().st_size, status="passed")
+    if run.validator is not None:
+        result["accuracy"] = run.measure_accuracy(planned, planned.target.load(artifact, manifest))
+        if result["accuracy"]["failure"]:
+            result["status"] = "failed"
+    if cfg.latency.enabled:
+        result["latency_by_device"] = [run.measure_latency(d, bundle, recipe.id) for d in run.devices]
+        result["latency"] = result["latency_by_device"][0]
+    report = {"schema": REPORT_SCHEMA, "model": manifest["model"], "versions": tool_versions(), "results": [result]}
+    return report, exit_code([result])

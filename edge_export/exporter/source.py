@@ -1,0 +1,162 @@
+"""Resolve the MODEL argument to files on disk and check them before anything heavy loads.
+
+MODEL is a local Hugging Face folder, a hub id (resolved through the normal HF cache, so it works
+offline when cached and honours HF_HUB_OFFLINE), or a .gguf file. Weight files are checked here:
+safetensors headers must parse and match the file size; pickle-only checkpoints are refused unless
+the user allows pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edge_export.errors import InputError, MissingDependencyError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "1_Pooling/*"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from and which files hold its weights."""
+
+    given: str
+    kind: Literal["folder", "hub", "gguf"]
+    folder: Path
+    weight_files: tuple[Path, ...]
+    gguf_file: Path | None = None
+    uses_pickle: bool = False
+
+    def sha256(self) -> str:
+        """One digest over the weight files and config, in a stable order."""
+        digest = hashlib.sha256()
+        files = list(self.weight_files)
+        config = self.folder / "config.json"
+        if self.kind != "gguf" and config.is_file():
+            files.append(config)
+        for path in sorted(files):
+            digest.update(path.name.encode())
+            digest.update(file_sha256(path).encode())
+        return digest.hexdigest()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of one file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve(model: str, *, allow_pickle: bool = False, revision: str | None = None) -> ModelSource:
+    """Turn the MODEL argument into a checked ModelSource, or raise InputError."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return _gguf_source(model, path)
+        raise InputError(
+            f"{model} is a file but not a .gguf model",
+            hint="pass a Hugging Face model folder, a hub id, or a .gguf file",
+        )
+    if path.is_dir():
+        return _folder_source(model, path, "folder", allow_pickle)
+    if _HUB_ID.match(model) and not model.startswith((".", "/", "~")):
+        return _folder_source(model, _from_hub(model, revision), "hub", allow_pickle)
+    raise InputError(
+        f"model path {model} does not exist",
+        hint="check the path, or give a hub id like org/name that is in the HF cache",
+    )
+
+
+def _from_hub(repo_id: str, revision: str | None) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError as exc:  # pragma: no cover - transformers always brings huggingface_hub
+        raise MissingDependencyError("all", "hub ids") from exc
+    try:
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS)
+    except LocalEntryNotFoundError as exc:
+        raise InputError(
+            f"{repo_id} is not a local path and is not in the Hugging Face cache (offline)",
+            hint="download it once with network access, or pass a local model folder",
+        ) from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise InputError(
+            f"cannot resolve hub id {repo_id}: {str(exc).splitlines()[0]}",
+            hint="check the id and revision, or pass a local model folder",
+        ) from exc
+    return Path(folder)
+
+
+def _folder_source(given: str, folder: Path, kind: str, allow_pickle: bool) -> ModelSource:
+    if not (folder / "config.json").is_file():
+        raise InputError(
+            f"{given} has no config.json, so it is not a Hugging Face model folder",
+            hint="point at the folder that holds config.json and the weights",
+        )
+    safetensors = sorted(folder.glob("*.safetensors"))
+    pickles = sorted(p for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if safetensors:
+        for file in safetensors:
+            check_safetensors(file)
+        return ModelSource(given, kind, folder, tuple(safetensors))  # type: ignore[arg-type]
+    if pickles:
+        if not allow_pickle:
+            raise InputError(
+                f"{given} has only pickle checkpoints ({pickles[0].name}), which can run code "
+                "when loaded",
+                hint="convert the weights to safetensors, or pass --allow-pickle if you trust them",
+            )
+        return ModelSource(given, kind, folder, tuple(pickles), uses_pickle=True)  # type: ignore[arg-type]
+    raise InputError(
+        f"{given} has no weight files (*.safetensors)",
+        hint="put the model's safetensors weights beside config.json",
+    )
+
+
+def check_safetensors(path: Path) -> None:
+    """Parse the header and check the data fits the file: catches corrupt and truncated files."""
+    size = path.stat().st_size
+    problem = None
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(8)
+            if len(raw) < 8:
+                raise ValueError("file shorter than its 8-byte header length")
+            (header_len,) = struct.unpack("<Q", raw)
+            if header_len > min(size, 100_000_000):
+                raise ValueError("header length is larger than the file")
+            header = json.loads(handle.read(header_len))
+        end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+            default=0,
+        )
+        if 8 + header_len + end > size:
+            problem = f"truncated: {size} bytes, header needs {8 + header_len + end}"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        problem = f"corrupt header ({exc})"
+    if problem:
+        raise InputError(
+            f"weights file {path} is not a valid safetensors file: {problem}",
+            hint="re-download or re-save the model's weights",
+        )
+
+
+def _gguf_source(given: str, path: Path) -> ModelSource:
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise InputError(
+            f"{given} has a .gguf name but is not a GGUF file (magic bytes {magic!r})",
+            hint="check the file was fully downloaded, or pass the real model file",
+        )
+    return ModelSource(given, "gguf", path.parent, (path,), gguf_file=path)

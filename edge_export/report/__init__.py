@@ -1,0 +1,1 @@
+"""report.json, the terminal table and progress display."""

@@ -1,0 +1,78 @@
+"""report.json: schema id, tool versions, result entries, and the exit code they imply."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+REPORT_SCHEMA = "edge-export/report@1"
+_VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "numpy")
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of edge-export, Python and the libraries that shape the artifacts."""
+    from edge_export import __version__
+
+    versions = {"edge_export": __version__, "python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def new_result(target: str, recipe_id: str, precision: str) -> dict[str, Any]:
+    """A result entry with every contract key present."""
+    return {
+        "target": target,
+        "recipe": recipe_id,
+        "precision": precision,
+        "status": "error",
+        "bundle": None,
+        "artifact": None,
+        "size_bytes": None,
+        "accuracy": None,
+        "latency": None,
+        "latency_by_device": [],
+        "error": None,
+    }
+
+
+def exit_code(results: list[dict[str, Any]]) -> int:
+    """0 all passed; 1 a gate failed; 3 an export failed; 4 a device failed. Largest wins."""
+    code = 0
+    for result in results:
+        if result["status"] == "failed":
+            code = max(code, 1)
+        if result["status"] == "error":
+            code = max(code, 3)
+        if any("error" in entry for entry in result.get("latency_by_device", [])):
+            code = max(code, 4)
+    return code
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(report: dict[str, Any]) -> str:
+    """Strict JSON (inf/NaN written as strings)."""
+    return json.dumps(_finite(report), indent=2, default=str)
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> Path:
+    """Write report.json into the (staging) output folder."""
+    path = folder / "report.json"
+    path.write_text(to_json(report) + "\n")
+    return path

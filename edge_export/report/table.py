@@ -1,0 +1,58 @@
+"""The terminal table: one row per (target, recipe) with status, size, accuracy and latency."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_KEY_METRICS = ("embedding_cosine_min", "top1_agreement", "perplexity_delta_pct", "next_token_agreement",
+                "generation_match", "sqnr_db")  # fmt: skip
+
+
+def _accuracy_cell(result: dict[str, Any]) -> str:
+    accuracy = result.get("accuracy")
+    if not accuracy:
+        return "-"
+    metrics = accuracy["metrics"]
+    shown = [f"{k}={metrics[k]:.4g}" for k in _KEY_METRICS if k in metrics][:3]
+    failed = [g["metric"] for g in accuracy["gates"] if not g["passed"]]
+    text = "\n".join(shown)
+    return text + (f"\n[red]failed: {', '.join(failed)}[/red]" if failed else "")
+
+
+def _latency_cell(result: dict[str, Any]) -> str:
+    lines = []
+    for entry in result.get("latency_by_device") or []:
+        if "error" in entry:
+            lines.append(f"{entry['device']}: [red]error[/red]")
+        elif "decode_tokens_per_s" in entry:
+            lines.append(f"{entry['device']}: ttft {entry['ttft_ms']:.1f} ms, {entry['decode_tokens_per_s']:.1f} tok/s")
+        elif "p50_ms" in entry:
+            noisy = " (noisy)" if entry.get("noisy") else ""
+            lines.append(f"{entry['device']}: p50 {entry['p50_ms']:.2f} ms{noisy}")
+    return "\n".join(lines) or "-"
+
+
+def render(report: dict[str, Any]) -> Any:
+    """A rich Table for the report."""
+    from rich.table import Table
+
+    model = report["model"]
+    table = Table(title=f"edge-export: {model['source']} ({model['task']})")
+    for column in ("target", "recipe", "status", "size MB", "accuracy", "latency"):
+        table.add_column(column)
+    colours = {"passed": "green", "failed": "red", "error": "red"}
+    for result in report["results"]:
+        size = f"{result['size_bytes'] / 1e6:.1f}" if result.get("size_bytes") else "-"
+        status = f"[{colours[result['status']]}]{result['status']}[/]"
+        if result.get("error"):
+            status += f"\n{result['error']['message'][:120]}"
+        table.add_row(result["target"], result["recipe"].split(":", 1)[1], status, size,
+                      _accuracy_cell(result), _latency_cell(result))  # fmt: skip
+    return table
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """Print the table to stdout."""
+    from rich.console import Console
+
+    Console(width=160).print(render(report))

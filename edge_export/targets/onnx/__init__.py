@@ -1,0 +1,146 @@
+"""The ONNX target: dynamo export, ORT quantization recipes, onnxruntime as the host runtime."""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edge_export.errors import ConfigError, ExportError
+from edge_export.exporter.prepared import CalibrationSet, PreparedModel
+from edge_export.targets.base import Artifact, Recipe, Runnable
+from edge_export.targets.onnx.recipes import RECIPES
+
+_BLOCK_SIZES = (16, 32, 64, 128, 256)
+_CALIBRATION = ("minmax", "percentile", "entropy")
+
+
+class OnnxTarget:
+    """ONNX files for onnxruntime (CPU) and ONNX-consuming NPU stacks (QDQ)."""
+
+    name = "onnx"
+    extra = "onnx"
+    quantizes = "after-export"
+
+    def __init__(self) -> None:
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._base: dict[tuple[str, str], Path] = {}
+
+    def recipes(self) -> list[Recipe]:
+        """onnx:fp32, fp16, int8-dynamic, int8-static, int4-weight."""
+        return list(RECIPES)
+
+    def missing_dependency(self) -> str | None:
+        """The first of onnx / onnxruntime / onnxscript that is not installed."""
+        for module in ("onnx", "onnxruntime", "onnxscript"):
+            if importlib.util.find_spec(module) is None:
+                return module
+        return None
+
+    def check(self, model: PreparedModel, recipe: Recipe) -> None:
+        """Reject option values that cannot work, before any export runs."""
+        opts = recipe.options
+        if "block_size" in opts and opts["block_size"] not in _BLOCK_SIZES:
+            raise ConfigError(
+                f"{recipe.id}: block_size {opts['block_size']} is not supported",
+                hint=f"use one of {', '.join(map(str, _BLOCK_SIZES))}",
+            )
+        if "method" in opts and opts["method"] not in ("auto", "matmul-integer", "blockwise"):
+            raise ConfigError(
+                f"{recipe.id}: unknown method {opts['method']!r}",
+                hint="use auto, matmul-integer or blockwise",
+            )
+        for key in ("bits", "head_bits"):
+            if key in opts and opts[key] not in (4, 8):
+                raise ConfigError(f"{recipe.id}: {key} must be 4 or 8, got {opts[key]!r}")
+        if "calibration_method" in opts and opts["calibration_method"] not in _CALIBRATION:
+            raise ConfigError(
+                f"{recipe.id}: unknown calibration_method {opts['calibration_method']!r}",
+                hint=f"use one of {', '.join(_CALIBRATION)}",
+            )
+
+    def _base_model(self, model: PreparedModel) -> Path:
+        """The clean fp32 export, made once per model and shared by every recipe."""
+        from edge_export.targets.onnx.graph import load_proto, save_clean, torch_to_onnx
+
+        key = (model.sha256, model.task)
+        if key not in self._base:
+            if self._scratch is None:
+                self._scratch = tempfile.TemporaryDirectory(prefix="edge-export-onnx-")
+            folder = Path(self._scratch.name) / f"{len(self._base)}"
+            folder.mkdir()
+            raw = folder / "raw" / "model.onnx"
+            raw.parent.mkdir()
+            try:
+                torch_to_onnx(model, raw)
+            except Exception as exc:
+                raise ExportError(self.name, "export", _first_line(exc)) from exc
+            save_clean(load_proto(raw), folder / "model.onnx")
+            self._base[key] = folder / "model.onnx"
+        return self._base[key]
+
+    def export(
+        self,
+        model: PreparedModel,
+        recipe: Recipe,
+        calibration: CalibrationSet | None,
+        workdir: Path,
+    ) -> Artifact:
+        """Export (cached fp32 base), apply the recipe, save a clean model.onnx in workdir."""
+        from edge_export.targets.onnx import quantize
+        from edge_export.targets.onnx.graph import load_proto, save_clean
+
+        recipe = resolve_auto_options(recipe, model)
+        base = self._base_model(model)
+        out = workdir / "model.onnx"
+        try:
+            if recipe.name == "fp32":
+                proto = load_proto(base)
+            elif recipe.name == "int8-static":
+                if calibration is None:
+                    raise ConfigError(f"{recipe.id} needs calibration data")
+                proto = quantize.int8_static(base, out, recipe.options, calibration)
+            else:
+                step = {"fp16": quantize.to_fp16, "int8-dynamic": quantize.int8_dynamic,
+                        "int4-weight": quantize.int4_weight}[recipe.name]  # fmt: skip
+                proto = step(base, out, recipe.options)
+        except (ConfigError, ExportError):
+            raise
+        except Exception as exc:
+            raise ExportError(self.name, "quantize", _first_line(exc)) from exc
+        try:
+            files = save_clean(proto, out)
+        except Exception as exc:
+            raise ExportError(self.name, "save", _first_line(exc)) from exc
+        return Artifact(self.name, recipe, out, files, {"opset": _opset(proto), "options": dict(recipe.options)})
+
+    def load(self, artifact_path: Path, manifest: Mapping[str, Any]) -> Runnable:
+        """An onnxruntime session (the same adapter the device agent uses)."""
+        from edge_export.devices.agent.onnx_model import OnnxModel
+
+        return OnnxModel(artifact_path)
+
+    def inspect(self, artifact_path: Path) -> dict[str, Any]:
+        """Operator histogram, weight bytes by dtype, opsets, file size."""
+        from edge_export.targets.onnx.graph import inspect_graph
+
+        return inspect_graph(artifact_path)
+
+
+def resolve_auto_options(recipe: Recipe, model: PreparedModel) -> Recipe:
+    """Turn method "auto" into the concrete method for this model kind (recorded in the manifest)."""
+    if recipe.options.get("method") == "auto":
+        method = "blockwise" if model.io.kind == "decoder" else "matmul-integer"
+        return recipe.with_options({"method": method})
+    return recipe
+
+
+def _opset(proto: Any) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__

@@ -1,0 +1,155 @@
+"""torch -> ONNX with the dynamo exporter, then a clean, shippable file.
+
+Dynamo output carries stack-trace metadata on every node and may write external data; the shipped
+graph has neither below 2 GB (above it, one external-data file beside the model).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from edge_export.exporter.prepared import PreparedModel
+
+INLINE_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GiB cap, with headroom for the graph
+
+
+@contextlib.contextmanager
+def quiet() -> Any:
+    """Silence exporter chatter on stdout (it would corrupt --json output) and its warnings."""
+    buffer = io.StringIO()
+    level = logging.getLogger("torch").level
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(buffer), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield buffer
+    finally:
+        logging.getLogger("torch").setLevel(level)
+
+
+def torch_to_onnx(model: PreparedModel, path: Path) -> None:
+    """Export the prepared wrapper with dynamic axes from the IO spec."""
+    import torch
+
+    with quiet(), torch.no_grad():
+        torch.onnx.export(
+            model.module,
+            model.example_inputs(),
+            str(path),
+            dynamo=True,
+            dynamic_shapes=model.dynamic_shapes(),
+            input_names=model.io.input_names,
+            output_names=model.io.output_names,
+            optimize=True,
+            verbose=False,
+            external_data=True,
+        )
+
+
+def strip_metadata(proto: Any) -> int:
+    """Remove node- and function-level metadata_props (stack traces); returns how many were removed."""
+    removed = 0
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            removed += len(node.metadata_props)
+            del node.metadata_props[:]
+            graphs += [attr.g for attr in node.attribute if attr.HasField("g")]
+    for function in proto.functions:
+        for node in function.node:
+            removed += len(node.metadata_props)
+            del node.metadata_props[:]
+    del proto.graph.metadata_props[:]
+    return removed
+
+
+def save_clean(proto: Any, path: Path) -> list[Path]:
+    """Save with weights inline below 2 GB, else in one `<name>.data` file; returns written files."""
+    import onnx
+
+    strip_metadata(proto)
+    weights = sum(len(t.raw_data) for t in proto.graph.initializer)
+    data_file = path.with_name(path.name + ".data")
+    if weights < INLINE_LIMIT:
+        _load_external_into(proto, path.parent)
+        onnx.save_model(proto, str(path))
+        return [path]
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_file.name, size_threshold=1024)  # fmt: skip
+    return [path, data_file]
+
+
+def _load_external_into(proto: Any, base: Path) -> None:
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    if any(uses_external_data(t) for t in proto.graph.initializer):
+        load_external_data_for_model(proto, str(base))
+
+
+def load_proto(path: Path) -> Any:
+    """Load a model with its external data resolved."""
+    import onnx
+
+    return onnx.load_model(str(path), load_external_data=True)
+
+
+def inspect_graph(path: Path) -> dict[str, Any]:
+    """Operator histogram and weight bytes per dtype of a saved model."""
+    import onnx
+
+    proto = onnx.load_model(str(path), load_external_data=False)
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    dtype_bytes: collections.Counter[str] = collections.Counter()
+    for tensor in proto.graph.initializer:
+        name = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
+        dtype_bytes[name] += len(tensor.raw_data) or 0
+    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    return {
+        "operators": dict(ops.most_common()),
+        "node_count": sum(ops.values()),
+        "weight_bytes_by_dtype": dict(dtype_bytes),
+        "opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+        "file_bytes": size,
+        "metadata_props_on_nodes": sum(len(n.metadata_props) for n in proto.graph.node),
+    }
+
+
+def untie_transposed_weights(proto: Any) -> int:
+    """Fold Transpose(initializer) -> MatMul into a transposed initializer; returns how many.
+
+    A tied LM head exports as Gather(W) for the embedding and MatMul(x, Transpose(W)) for the
+    logits. Weight quantizers only take MatMuls whose B is an initializer, so without this the LM
+    head (often the largest matrix of a small model) stays fp32 and int4 ends up larger than int8.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    consumers: dict[str, list[Any]] = collections.defaultdict(list)
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    folded = 0
+    for node in list(proto.graph.node):
+        source = node.input[0] if node.input else ""
+        users = consumers.get(node.output[0] if node.output else "", [])
+        if node.op_type != "Transpose" or source not in inits or not users:
+            continue
+        if any(u.op_type != "MatMul" or u.input[1] != node.output[0] for u in users):
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        array = numpy_helper.to_array(inits[source])
+        folded_array = array.transpose(perm) if perm else array.T
+        tensor = numpy_helper.from_array(folded_array.copy(), f"{source}.transposed")
+        proto.graph.initializer.append(tensor)
+        for user in users:
+            user.input[1] = tensor.name
+        proto.graph.node.remove(node)
+        folded += 1
+    return folded

@@ -1,0 +1,142 @@
+"""Compare a candidate runtime with the fp32 PyTorch reference on the same inputs.
+
+The reference side (cases, reference outputs, reference generation and perplexity) is computed
+once per model and reused for every recipe and every target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_export.devices.agent.lm import KVCacheSession, greedy_generate, perplexity, token_logits
+from edge_export.exporter.prepared import PreparedModel
+from edge_export.exporter.textdata import TextData
+from edge_export.targets.base import Runnable
+from edge_export.validation import metrics as m
+from edge_export.validation.cases import Case, decoder_cases, encode, encoder_cases
+
+
+@dataclass
+class AccuracyResult:
+    """Aggregated metrics (gated) and per-case details (informational)."""
+
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _valid_for(output: np.ndarray, case: Case) -> np.ndarray:
+    if output.ndim >= 3:
+        return case.valid
+    return case.valid.any(axis=1)
+
+
+class Validator:
+    """Holds the reference results for one model; `measure` scores any candidate against them."""
+
+    def __init__(self, model: PreparedModel, text: TextData, generate_tokens: int = 32) -> None:
+        self.model = model
+        self.text = text
+        self.generate_tokens = generate_tokens
+        reference = model.reference()
+        if model.io.kind == "decoder":
+            self.cases = decoder_cases(model, text, reference)
+        else:
+            self.cases = encoder_cases(model, text)
+        self.ref_outputs = [reference.run(c.feeds) for c in self.cases]
+        self.ref_lm: dict[str, Any] = {}
+        if model.io.kind == "decoder":
+            self.ref_lm = self._lm_measure(reference)
+
+    def _lm_measure(self, runnable: Runnable) -> dict[str, Any]:
+        io = self.model.io.to_dict()
+        session = KVCacheSession(runnable.run, io)
+        ids = encode(self.model, self.text.passage, min(self.model.max_positions, 512))
+        logits = token_logits(session, ids)
+        prompt = encode(self.model, self.text.samples[0], 64)
+        generated = greedy_generate(session, prompt, self.generate_tokens)
+        return {"ids": ids, "logits": logits, "ppl": perplexity(logits, ids), "generated": generated}
+
+    def measure(self, candidate: Runnable) -> AccuracyResult:
+        """Every metric that applies to the model's task, plus per-case numbers."""
+        primary = self.model.io.primary_output
+        per_case: dict[str, dict[str, float]] = {}
+        agg: dict[str, list[float]] = {"max_abs_error": [], "sqnr_db": [], "cosine_min": []}
+        task_values: list[float] = []
+        for case, ref_out in zip(self.cases, self.ref_outputs):
+            cand_out = candidate.run(case.feeds)
+            ref, cand = ref_out[primary], np.asarray(cand_out[primary], dtype=np.float32)
+            valid = _valid_for(ref, case)
+            row = {
+                "max_abs_error": m.max_abs_error(ref, cand, valid),
+                "sqnr_db": m.sqnr_db(ref, cand, valid),
+                "cosine_min": float(m.row_cosines(ref, cand, valid).min()),
+            }
+            for key, value in row.items():
+                agg[key].append(value)
+            task_values.append(self._task_value(case, ref_out, cand_out))
+            per_case[case.name] = row | {"task_metric": task_values[-1]}
+        result = {
+            "max_abs_error": max(agg["max_abs_error"]),
+            "sqnr_db": min(agg["sqnr_db"]),
+            "cosine_min": min(agg["cosine_min"]),
+        }
+        task_metric = self._task_metric_name()
+        if task_metric:
+            result[task_metric] = min(task_values)
+        details: dict[str, Any] = {"cases": per_case, "text": self.text.origin}
+        if self.model.io.kind == "decoder":
+            lm_metrics, lm_details = self._lm_compare(candidate)
+            result.update(lm_metrics)
+            details.update(lm_details)
+        return AccuracyResult(result, details)
+
+    def _task_metric_name(self) -> str | None:
+        return {
+            "feature-extraction": "embedding_cosine_min",
+            "text-classification": "top1_agreement",
+            "fill-mask": "top1_agreement",
+        }.get(self.model.task)
+
+    def _task_value(self, case: Case, ref_out: dict, cand_out: dict) -> float:
+        task = self.model.task
+        if task == "feature-extraction":
+            if "sentence_embedding" in ref_out:
+                ref, cand = ref_out["sentence_embedding"], cand_out["sentence_embedding"]
+            else:
+                mask = case.feeds["attention_mask"]
+                ref = m.mean_pool(ref_out["last_hidden_state"], mask)
+                cand = m.mean_pool(cand_out["last_hidden_state"], mask)
+            return float(m.row_cosines(ref, cand).min())
+        if task == "fill-mask":
+            return m.top1_agreement(ref_out["logits"], cand_out["logits"], case.masked_positions)
+        if task == "text-classification":
+            return m.top1_agreement(ref_out["logits"], cand_out["logits"])
+        return float("nan")
+
+    def _lm_compare(self, candidate: Runnable) -> tuple[dict[str, float], dict[str, Any]]:
+        cand = self._lm_measure(candidate)
+        ref = self.ref_lm
+        agreement = m.top1_agreement(ref["logits"], cand["logits"])
+        delta = 100.0 * (cand["ppl"] - ref["ppl"]) / ref["ppl"]
+        match = m.matching_prefix(ref["generated"], cand["generated"])
+        metrics = {
+            "next_token_agreement": agreement,
+            "perplexity_delta_pct": delta,
+            "generation_match": match / max(1, len(ref["generated"])),
+        }
+        details = {
+            "reference_perplexity": ref["ppl"],
+            "candidate_perplexity": cand["ppl"],
+            "perplexity_tokens": len(ref["ids"]),
+            "generated_tokens": len(ref["generated"]),
+            "reference_generation": self._decode(ref["generated"]),
+            "candidate_generation": self._decode(cand["generated"]),
+        }
+        return metrics, details
+
+    def _decode(self, ids: list[int]) -> str | list[int]:
+        tok = self.model.tokenizer
+        return tok.decode(ids) if tok is not None else ids

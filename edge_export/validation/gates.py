@@ -1,0 +1,92 @@
+"""Accuracy gates: metric definitions with their direction, threshold resolution, evaluation.
+
+A gate compares one metric with a threshold; any failing gate fails the result (exit 1). Gates are
+never downgraded to warnings. Thresholds come from the recipe's defaults, overridden by the config
+(`validation.gates`), keyed by recipe id, precision, or "*" for all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edge_export.errors import ConfigError
+
+# metric -> (higher_is_better, description)
+METRICS: dict[str, tuple[bool, str]] = {
+    "max_abs_error": (False, "largest absolute difference of the primary output"),
+    "sqnr_db": (True, "signal-to-quantization-noise ratio of the primary output (dB), worst case"),
+    "cosine_min": (True, "lowest cosine similarity of any output row (token or sample)"),
+    "embedding_cosine_min": (True, "lowest cosine similarity of any sentence embedding"),
+    "top1_agreement": (True, "fraction of predictions whose top-1 class/token matches"),
+    "next_token_agreement": (True, "fraction of next-token predictions on real text that match"),
+    "perplexity_delta_pct": (False, "perplexity increase on real text, percent of the reference"),
+    "generation_match": (True, "fraction of the greedy-generated tokens identical to the reference (leading run)"),
+}
+
+
+@dataclass
+class Gate:
+    """One checked metric."""
+
+    metric: str
+    value: float
+    threshold: float
+    passed: bool
+    direction: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (NaN/inf become strings so report.json stays valid JSON)."""
+        data = asdict(self)
+        for key in ("value", "threshold"):
+            if isinstance(data[key], float) and not math.isfinite(data[key]):
+                data[key] = str(data[key])
+        return data
+
+
+def check_override_keys(overrides: Mapping[str, Mapping[str, float]]) -> None:
+    """Reject unknown metric names in user gate overrides, suggesting the closest one."""
+    for scope, metrics in overrides.items():
+        for metric in metrics:
+            if metric not in METRICS:
+                close = difflib.get_close_matches(metric, list(METRICS), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(METRICS)}"
+                raise ConfigError(f"unknown gate metric '{metric}' under validation.gates.{scope}", hint=hint)
+
+
+def resolve_thresholds(
+    recipe_id: str,
+    precision: str,
+    defaults: Mapping[str, float],
+    overrides: Mapping[str, Mapping[str, float]],
+) -> dict[str, float]:
+    """Recipe defaults, then '*' overrides, then precision, then the exact recipe id."""
+    thresholds = dict(defaults)
+    for scope in ("*", precision, recipe_id):
+        thresholds.update(overrides.get(scope, {}))
+    return thresholds
+
+
+def evaluate(metrics: Mapping[str, float], thresholds: Mapping[str, float]) -> list[Gate]:
+    """A gate for every threshold whose metric was measured; NaN always fails."""
+    gates = []
+    for metric, threshold in thresholds.items():
+        if metric not in metrics:
+            continue
+        value = float(metrics[metric])
+        higher = METRICS[metric][0]
+        passed = not math.isnan(value) and (value >= threshold if higher else value <= threshold)
+        gates.append(Gate(metric, value, float(threshold), passed, ">=" if higher else "<="))
+    return gates
+
+
+def failure_message(label: str, gates: list[Gate]) -> str | None:
+    """One line listing every failing gate, or None when all passed."""
+    failed = [g for g in gates if not g.passed]
+    if not failed:
+        return None
+    parts = [f"{g.metric}={g.value:.6g} (needs {g.direction} {g.threshold:g})" for g in failed]
+    return f"{label}: accuracy gates failed: " + "; ".join(parts)
