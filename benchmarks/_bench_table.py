@@ -31,9 +31,7 @@ class Goal:
 
 def find(rows: list[Row], model: str, tool: str, precision: str) -> Row | None:
     """The row for (model, tool, precision), if any."""
-    return next(
-        (r for r in rows if (r.model, r.tool, r.precision) == (model, tool, precision)), None
-    )
+    return next((r for r in rows if (r.model, r.tool, r.precision) == (model, tool, precision)), None)
 
 
 def _value(row: Row | None, field: str) -> float | None:

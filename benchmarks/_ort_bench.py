@@ -119,9 +119,7 @@ class DecoderIO:
         present = {(int(m[1]), m[2]): m[0] for n in output_names if (m := _PRESENT.match(n))}
         required = {"input_ids", "attention_mask"} <= inputs.keys() and "logits" in output_names
         if not required or not past or past.keys() != present.keys():
-            raise ValueError(
-                f"not a KV-cache decoder graph: inputs {sorted(inputs)}, outputs {output_names}"
-            )
+            raise ValueError(f"not a KV-cache decoder graph: inputs {sorted(inputs)}, outputs {output_names}")
         return cls(
             int_dtype=ORT_DTYPES[inputs["input_ids"].type],
             kv_dtype=ORT_DTYPES[inputs[next(iter(past.values()))].type],

@@ -181,9 +181,7 @@ def _edge_export_row(model: PreparedModel, precision: str, run: Measured, out: P
     row.artifact = str(artifact)
     row.size_bytes = onnx_size_bytes(artifact.parent)
     if result.get("size_bytes") != row.size_bytes:
-        row.notes.append(
-            f"report size_bytes {result.get('size_bytes')} != .onnx(+data) {row.size_bytes}"
-        )
+        row.notes.append(f"report size_bytes {result.get('size_bytes')} != .onnx(+data) {row.size_bytes}")
     return row
 
 
@@ -195,9 +193,7 @@ def manifest_io_problems(row: Row) -> list[str]:
     io = json.loads(manifest_path.read_text()).get("io")
     if not isinstance(io, dict):
         return [f"manifest io is not an object: {type(io).__name__}"]
-    declared = [
-        sorted(_spec_names(io.get(side) or io.get(f"{side}s"))) for side in ("input", "output")
-    ]
+    declared = [sorted(_spec_names(io.get(side) or io.get(f"{side}s"))) for side in ("input", "output")]
     session = make_session(Path(row.artifact or ""), threads=1)
     actual = [sorted(names) for names in io_names(session)]
     problems = []
@@ -215,9 +211,7 @@ def _spec_names(spec: object) -> list[str]:
     return []
 
 
-def measure_runtime(
-    rows: list[Row], models: dict[str, PreparedModel], threads: int, rounds: int
-) -> None:
+def measure_runtime(rows: list[Row], models: dict[str, PreparedModel], threads: int, rounds: int) -> None:
     """Time every exported model with the same onnxruntime code, in this process.
 
     The models of one (model, precision) pair are loaded together and timed in alternating

@@ -45,14 +45,18 @@ def read_bundle(bundle: Path) -> dict[str, Any]:
     """The manifest of an intact bundle; InputError when missing or modified."""
     manifest_file = bundle / "manifest.json"
     if not manifest_file.is_file():
-        raise InputError(f"{bundle} is not a bundle (no manifest.json)", hint="pass a folder made by edge-export export")
+        raise InputError(
+            f"{bundle} is not a bundle (no manifest.json)", hint="pass a folder made by edge-export export"
+        )
     try:
         manifest = json.loads(manifest_file.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{manifest_file} is not valid JSON", hint="re-export the bundle") from exc
     changed = verify_bundle(bundle)
     if changed:
-        raise InputError(f"bundle files changed since export: {', '.join(changed)}", hint="re-export the bundle")
+        raise InputError(
+            f"bundle files changed since export: {', '.join(changed)}", hint="re-export the bundle"
+        )
     return manifest
 
 
@@ -93,19 +97,30 @@ def bench(bundle: Path, devices: list[str], lat: LatencyConfig) -> tuple[dict[st
             res = device.run(bundle, inputs, lat.warmup, lat.iterations, mode="generate" if decoder else "graph",
                              decode_tokens=lat.decode_tokens)  # fmt: skip
         except DeviceError as exc:
-            result["latency_by_device"].append({"device": name, "error": {"type": "DeviceError", "message": exc.one_line()}})
+            result["latency_by_device"].append(
+                {"device": name, "error": {"type": "DeviceError", "message": exc.one_line()}}
+            )
             continue
         entry = {"device": name, **summarize(res.latencies_ms), "load_ms": res.load_ms,
                  "peak_rss_mb": res.peak_rss_mb, "runtime": res.runtime}  # fmt: skip
         if decoder:
-            entry.update(ttft_ms=entry.get("p50_ms"), decode_tokens_per_s=decode_rate(res.extra.get("decode_ms", [])))
+            entry.update(
+                ttft_ms=entry.get("p50_ms"), decode_tokens_per_s=decode_rate(res.extra.get("decode_ms", []))
+            )
         result["latency_by_device"].append(entry)
     result["latency"] = result["latency_by_device"][0] if result["latency_by_device"] else None
-    report = {"schema": REPORT_SCHEMA, "model": manifest["model"], "versions": tool_versions(), "results": [result]}
+    report = {
+        "schema": REPORT_SCHEMA,
+        "model": manifest["model"],
+        "versions": tool_versions(),
+        "results": [result],
+    }
     return report, exit_code([result])
 
 
-def validate(bundle: Path, cfg_overrides: dict[str, Any], progress: Progress | None = None) -> tuple[dict[str, Any], int]:
+def validate(
+    bundle: Path, cfg_overrides: dict[str, Any], progress: Progress | None = None
+) -> tuple[dict[str, Any], int]:
     """Re-check a bundle: rebuild the reference from the recorded model source, re-run the gates."""
     from edge_export.exporter.revalidate import revalidate
 

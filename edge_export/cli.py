@@ -34,7 +34,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _latency_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", action="append", dest="devices", metavar="NAME", help="device to measure on (repeatable)")
+    p.add_argument(
+        "--device", action="append", dest="devices", metavar="NAME", help="device to measure on (repeatable)"
+    )
     p.add_argument("--warmup", type=int, help="warmup iterations")
     p.add_argument("--iterations", type=int, help="timed iterations")
 
@@ -47,15 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="export, validate and measure a model")
     exp.add_argument("model", help="HF model folder, hub id, or .gguf file")
     exp.add_argument("--task", help="feature-extraction, text-classification, fill-mask, text-generation")
-    exp.add_argument("--target", action="append", dest="targets", help="onnx[,coreml,executorch,tflite] or all")
-    exp.add_argument("--quantize", action="append", help="fp32,fp16,int8,int4 (recommended recipe per target)")
-    exp.add_argument("--recipe", action="append", dest="recipes", metavar="ID", help="exact recipe id, e.g. onnx:int8-static")
+    exp.add_argument(
+        "--target", action="append", dest="targets", help="onnx[,coreml,executorch,tflite] or all"
+    )
+    exp.add_argument(
+        "--quantize", action="append", help="fp32,fp16,int8,int4 (recommended recipe per target)"
+    )
+    exp.add_argument(
+        "--recipe",
+        action="append",
+        dest="recipes",
+        metavar="ID",
+        help="exact recipe id, e.g. onnx:int8-static",
+    )
     exp.add_argument("--config", type=Path, help="YAML or TOML config file (flags override it)")
     exp.add_argument("--out", type=Path, help="output folder (default edge-export-out)")
     exp.add_argument("--data", type=Path, help="real text for validation and calibration (.txt or .jsonl)")
     exp.add_argument("--force", action="store_true", default=None, help="replace an existing output folder")
-    exp.add_argument("--allow-pickle", action="store_true", default=None, help="allow pickle checkpoints (runs code)")
-    exp.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the model's own code")
+    exp.add_argument(
+        "--allow-pickle", action="store_true", default=None, help="allow pickle checkpoints (runs code)"
+    )
+    exp.add_argument(
+        "--trust-remote-code", action="store_true", default=None, help="allow the model's own code"
+    )
     exp.add_argument("--no-validate", action="store_true", help="skip accuracy validation")
     exp.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     _latency_flags(exp)
@@ -119,7 +135,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(info, indent=2))
         else:
             for target in info:
-                state = "installed" if target["installed"] else f"missing: pip install 'edge-export[{target['extra']}]'"
+                state = (
+                    "installed"
+                    if target["installed"]
+                    else f"missing: pip install 'edge-export[{target['extra']}]'"
+                )
                 print(f"{target['name']} ({state})")
                 for recipe in target["recipes"]:
                     print(f"  {recipe['id']:<24} {recipe['precision']:<5} {recipe['description']}")
@@ -155,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written at the output folder", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an unforeseen library failure: still one line, exit 3
+        if args.debug:
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(
+            f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ class EdgeExportError(Exception):
             text += f" (fix: {' '.join(self.hint.split())})"
         return text
 
+    def __str__(self) -> str:
+        return self.one_line()
+
 
 class ConfigError(EdgeExportError):
     """A bad option, config key, recipe id or combination of them."""

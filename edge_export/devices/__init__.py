@@ -16,5 +16,7 @@ def get_device(name: str) -> Device:
     for ep in entry_points(group="edge_export.devices"):
         factories.setdefault(ep.name, ep.load())
     if name not in factories:
-        raise ConfigError(f"unknown device '{name}'", hint=f"configured devices: {', '.join(sorted(factories))}")
+        raise ConfigError(
+            f"unknown device '{name}'", hint=f"configured devices: {', '.join(sorted(factories))}"
+        )
     return factories[name]()

@@ -83,7 +83,9 @@ class LocalDevice:
                 command, capture_output=True, text=True, timeout=self.timeout_s, check=False
             )
         except subprocess.TimeoutExpired as exc:
-            raise DeviceError(self.name, f"agent timed out after {self.timeout_s:.0f}s", command=command) from exc
+            raise DeviceError(
+                self.name, f"agent timed out after {self.timeout_s:.0f}s", command=command
+            ) from exc
         timings_file = out / "timings.json"
         if not timings_file.is_file():
             raise DeviceError(

@@ -6,6 +6,7 @@ finishes; an error or Ctrl-C removes the staging folder, so OUT never holds half
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,9 +26,13 @@ class StagedOutput:
         self.out = out.resolve()
         self.force = force
         if self.out.exists() and not force:
-            raise ConfigError(f"output folder {out} already exists", hint="pass --force to replace it, or choose another --out")
+            raise ConfigError(
+                f"output folder {out} already exists",
+                hint="pass --force to replace it, or choose another --out",
+            )
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"output path {out} exists and is not a folder", hint="choose another --out")
+        self._created = [p for p in reversed(self.out.parents) if not p.exists()]
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.path = self.out.parent / f".{self.out.name}.staging-{os.getpid()}"
         shutil.rmtree(self.path, ignore_errors=True)
@@ -47,6 +52,9 @@ class StagedOutput:
     def discard(self) -> None:
         """Remove the staging folder and everything in it."""
         shutil.rmtree(self.path, ignore_errors=True)
+        for folder in reversed(self._created):  # parents this run created, deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def file_hashes(bundle: Path) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,11 @@ def _gguf_kwargs(source: ModelSource) -> dict[str, Any]:
         return {}
     try:
         import gguf  # noqa: F401
+        from transformers import modeling_gguf_pytorch_utils
     except ImportError as exc:
         raise MissingDependencyError("gguf", "loading .gguf models") from exc
+    # Its de-quantization progress bar ignores transformers' switch and would clutter CI logs.
+    modeling_gguf_pytorch_utils.tqdm = lambda iterable, **_: iterable
     return {"gguf_file": source.gguf_file.name}
 
 
@@ -52,6 +56,10 @@ def load_config(source: ModelSource, trust_remote_code: bool) -> Any:
                 hint="review that code, then pass --trust-remote-code",
             ) from exc
         raise InputError(f"cannot read the config of {source.given}: {text.splitlines()[0]}") from exc
+    except struct.error as exc:
+        raise InputError(
+            f"{source.given} is not a complete GGUF file ({exc})", hint="re-download it"
+        ) from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read the config of {source.given}: {exc}") from exc
 
@@ -87,7 +95,7 @@ def _load_weights(source: ModelSource, task: str, trust_remote_code: bool) -> to
         kwargs["use_safetensors"] = not source.uses_pickle
     try:
         model = cls.from_pretrained(str(source.folder), **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, struct.error) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
             f"cannot load the weights of {source.given} for {task}: {first}",
@@ -105,20 +113,30 @@ def _plain_copy(cls: Any, model: torch.nn.Module) -> torch.nn.Module:
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight")}
     if set(missing) - tied or unexpected:
-        raise InputError(f"GGUF weights do not match the architecture: missing {missing}, unexpected {unexpected}")
+        raise InputError(
+            f"GGUF weights do not match the architecture: missing {missing}, unexpected {unexpected}"
+        )
     if tied:
         plain.tie_weights()
     plain.generation_config = model.generation_config
     return plain
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
+
+
 def _load_tokenizer(source: ModelSource) -> Any | None:
+    """The model's tokenizer, or None when the folder has none (transformers would otherwise
+    hand back an empty default tokenizer that encodes every text to nothing)."""
     from transformers import AutoTokenizer
 
+    if source.kind != "gguf" and not any((source.folder / n).is_file() for n in _TOKENIZER_FILES):
+        return None
     try:
-        return AutoTokenizer.from_pretrained(str(source.folder), **_gguf_kwargs(source))
+        tokenizer = AutoTokenizer.from_pretrained(str(source.folder), **_gguf_kwargs(source))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return tokenizer if tokenizer("hello world")["input_ids"] else None
 
 
 def prepare(source: ModelSource, task: str | None, *, trust_remote_code: bool = False) -> PreparedModel:
@@ -146,6 +164,9 @@ def prepare(source: ModelSource, task: str | None, *, trust_remote_code: bool = 
         extras.update(_generation_ids(hf_model, tokenizer))
     module, io = family.build(hf_model, task, extras)
     max_positions = int(getattr(config, "max_position_embeddings", 512) or 512)
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        # RoBERTa-style position ids start after padding_idx, so the last slots are unusable.
+        max_positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
     return PreparedModel(
         source=source,
         task=task,

@@ -13,7 +13,7 @@ from typing import Any
 from edge_export.config import ExportConfig
 from edge_export.devices import get_device
 from edge_export.devices.base import Device
-from edge_export.errors import DeviceError, EdgeExportError, ExportError, Interrupted
+from edge_export.errors import DeviceError, EdgeExportError, ExportError, InputError, Interrupted
 from edge_export.exporter.bundle import StagedOutput, write_manifest
 from edge_export.exporter.loading import prepare
 from edge_export.exporter.plan import PlannedRun, plan_runs
@@ -51,7 +51,13 @@ class ExportRun:
             run.target.check(model, run.recipe)
         if cfg.validation.enabled:
             with self.progress.task("computing PyTorch reference outputs"):
-                self.validator = Validator(model, self.text, cfg.validation.generate_tokens)
+                try:
+                    self.validator = Validator(model, self.text, cfg.validation.generate_tokens)
+                except (RuntimeError, IndexError, ValueError) as exc:
+                    raise InputError(
+                        f"the model fails to run in PyTorch on the validation inputs: {exc}",
+                        hint="check the model files and config, or pass --no-validate",
+                    ) from exc
         if any(r.recipe.needs_calibration for r in self.plan):
             self.calibration = calibration_set(model, self.text, cfg.validation.calibration_samples)
         self.model = model
@@ -76,11 +82,23 @@ class ExportRun:
         result.update(bundle=str(bundle.name), artifact=f"{bundle.name}/{artifact.path.name}",
                       size_bytes=sum(f.stat().st_size for f in artifact.files))  # fmt: skip
         result["inspect"] = run.target.inspect(artifact.path)
-        runnable = run.target.load(artifact.path, manifest)
         result["status"] = "passed"
         if self.validator is not None:
-            with self.progress.task(f"{recipe.id}: validating"):
-                result["accuracy"] = self.measure_accuracy(run, runnable)
+            try:
+                with self.progress.task(f"{recipe.id}: validating"):
+                    runnable = run.target.load(artifact.path, manifest)
+                    result["accuracy"] = self.measure_accuracy(run, runnable)
+            except Exception as exc:  # a runtime that cannot run its own artifact is an export failure
+                result["status"] = "error"
+                message = (
+                    f"{recipe.id}: the artifact does not run on the host runtime: {type(exc).__name__}: {exc}"
+                )
+                result["error"] = {
+                    "type": "ExportError",
+                    "stage": "validate",
+                    "message": message.splitlines()[0],
+                }
+                return result
             if result["accuracy"]["failure"]:
                 result["status"] = "failed"
         if self.cfg.latency.enabled:
@@ -146,9 +164,9 @@ class ExportRun:
 def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dict[str, Any], int]:
     """Run a whole export; returns (report, exit code). Raises EdgeExportError for usage errors."""
     progress = progress or Progress(enabled=False)
+    run = ExportRun(cfg, progress)  # ids, data file, devices: checked before anything is written
     staged = StagedOutput(cfg.out, cfg.force)
     try:
-        run = ExportRun(cfg, progress)
         model = run.load()
         results = [run.run_one(planned, staged.path) for planned in run.plan]
         report = {

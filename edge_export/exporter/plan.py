@@ -45,7 +45,9 @@ def plan_runs(cfg: ExportConfig) -> list[PlannedRun]:
             runs += [PlannedRun(target, recipe_for_precision(target, p)) for p in precisions]
     for recipe_id in cfg.recipe_options:
         get_recipe(recipe_id)
-    runs = [PlannedRun(r.target, r.recipe.with_options(cfg.recipe_options.get(r.recipe.id, {}))) for r in runs]
+    runs = [
+        PlannedRun(r.target, r.recipe.with_options(cfg.recipe_options.get(r.recipe.id, {}))) for r in runs
+    ]
     unique = list({r.recipe.id: r for r in runs}.values())
     if not unique:
         raise ConfigError("nothing to export", hint="give --target and --quantize, or --recipe")

@@ -106,5 +106,5 @@ class TorchRunnable:
             outputs = self.module(*args)
         return {
             name: tensor.detach().float().numpy()
-            for name, tensor in zip(self.io.output_names, outputs)
+            for name, tensor in zip(self.io.output_names, outputs, strict=True)
         }

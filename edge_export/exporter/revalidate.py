@@ -34,7 +34,9 @@ def revalidate(
     planned = run.plan[0]
     result = new_result(planned.target.name, recipe.id, recipe.precision)
     artifact = bundle / manifest["artifact"]
-    result.update(bundle=str(bundle), artifact=manifest["artifact"], size_bytes=artifact.stat().st_size, status="passed")
+    result.update(
+        bundle=str(bundle), artifact=manifest["artifact"], size_bytes=artifact.stat().st_size, status="passed"
+    )
     if run.validator is not None:
         result["accuracy"] = run.measure_accuracy(planned, planned.target.load(artifact, manifest))
         if result["accuracy"]["failure"]:
@@ -42,5 +44,10 @@ def revalidate(
     if cfg.latency.enabled:
         result["latency_by_device"] = [run.measure_latency(d, bundle, recipe.id) for d in run.devices]
         result["latency"] = result["latency_by_device"][0]
-    report = {"schema": REPORT_SCHEMA, "model": manifest["model"], "versions": tool_versions(), "results": [result]}
+    report = {
+        "schema": REPORT_SCHEMA,
+        "model": manifest["model"],
+        "versions": tool_versions(),
+        "results": [result],
+    }
     return report, exit_code([result])

@@ -112,8 +112,7 @@ def _folder_source(given: str, folder: Path, kind: str, allow_pickle: bool) -> M
     if pickles:
         if not allow_pickle:
             raise InputError(
-                f"{given} has only pickle checkpoints ({pickles[0].name}), which can run code "
-                "when loaded",
+                f"{given} has only pickle checkpoints ({pickles[0].name}), which can run code when loaded",
                 hint="convert the weights to safetensors, or pass --allow-pickle if you trust them",
             )
         return ModelSource(given, kind, folder, tuple(pickles), uses_pickle=True)  # type: ignore[arg-type]
@@ -136,13 +135,15 @@ def check_safetensors(path: Path) -> None:
             if header_len > min(size, 100_000_000):
                 raise ValueError("header length is larger than the file")
             header = json.loads(handle.read(header_len))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
         end = max(
             (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
             default=0,
         )
         if 8 + header_len + end > size:
             problem = f"truncated: {size} bytes, header needs {8 + header_len + end}"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as exc:
         problem = f"corrupt header ({exc})"
     if problem:
         raise InputError(

@@ -25,7 +25,9 @@ def _latency_cell(result: dict[str, Any]) -> str:
         if "error" in entry:
             lines.append(f"{entry['device']}: [red]error[/red]")
         elif "decode_tokens_per_s" in entry:
-            lines.append(f"{entry['device']}: ttft {entry['ttft_ms']:.1f} ms, {entry['decode_tokens_per_s']:.1f} tok/s")
+            lines.append(
+                f"{entry['device']}: ttft {entry['ttft_ms']:.1f} ms, {entry['decode_tokens_per_s']:.1f} tok/s"
+            )
         elif "p50_ms" in entry:
             noisy = " (noisy)" if entry.get("noisy") else ""
             lines.append(f"{entry['device']}: p50 {entry['p50_ms']:.2f} ms{noisy}")

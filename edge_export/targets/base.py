@@ -70,8 +70,7 @@ class Recipe:
             default = self.options[key]
             if default is not None and not isinstance(value, type(default)):
                 raise ConfigError(
-                    f"recipe {self.id} option '{key}' must be {type(default).__name__}, "
-                    f"got {value!r}"
+                    f"recipe {self.id} option '{key}' must be {type(default).__name__}, got {value!r}"
                 )
             merged[key] = value
         return replace(self, options=merged)
@@ -173,9 +172,7 @@ def get_target(name: str) -> Target:
     """The target called `name`, or a ConfigError listing the valid names."""
     targets = registry()
     if name not in targets:
-        raise ConfigError(
-            f"unknown target '{name}'", hint=f"choose from: {', '.join(sorted(targets))}, all"
-        )
+        raise ConfigError(f"unknown target '{name}'", hint=f"choose from: {', '.join(sorted(targets))}, all")
     return targets[name]
 
 
@@ -200,9 +197,7 @@ def get_recipe(recipe_id: str) -> Recipe:
 def recipe_for_precision(target: Target, precision: str) -> Recipe:
     """The target's recommended recipe for a precision (what `--quantize int8` means)."""
     if precision not in PRECISIONS:
-        raise ConfigError(
-            f"unknown precision '{precision}'", hint=f"choose from: {', '.join(PRECISIONS)}"
-        )
+        raise ConfigError(f"unknown precision '{precision}'", hint=f"choose from: {', '.join(PRECISIONS)}")
     for recipe in target.recipes():
         if precision in recipe.default_for:
             return recipe

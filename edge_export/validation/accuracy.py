@@ -65,7 +65,7 @@ class Validator:
         per_case: dict[str, dict[str, float]] = {}
         agg: dict[str, list[float]] = {"max_abs_error": [], "sqnr_db": [], "cosine_min": []}
         task_values: list[float] = []
-        for case, ref_out in zip(self.cases, self.ref_outputs):
+        for case, ref_out in zip(self.cases, self.ref_outputs, strict=True):
             cand_out = candidate.run(case.feeds)
             ref, cand = ref_out[primary], np.asarray(cand_out[primary], dtype=np.float32)
             valid = _valid_for(ref, case)

@@ -24,7 +24,10 @@ METRICS: dict[str, tuple[bool, str]] = {
     "top1_agreement": (True, "fraction of predictions whose top-1 class/token matches"),
     "next_token_agreement": (True, "fraction of next-token predictions on real text that match"),
     "perplexity_delta_pct": (False, "perplexity increase on real text, percent of the reference"),
-    "generation_match": (True, "fraction of the greedy-generated tokens identical to the reference (leading run)"),
+    "generation_match": (
+        True,
+        "fraction of the greedy-generated tokens identical to the reference (leading run)",
+    ),
 }
 
 

@@ -58,7 +58,7 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def matching_prefix(ref_tokens: list[int], cand_tokens: list[int]) -> int:
     """How many leading tokens two generations share."""
     count = 0
-    for a, b in zip(ref_tokens, cand_tokens):
+    for a, b in zip(ref_tokens, cand_tokens, strict=False):
         if a != b:
             break
         count += 1

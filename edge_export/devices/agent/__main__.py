@@ -7,6 +7,7 @@ missing (timings.json then carries the error); 1 on any other failure (also in t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import sys
@@ -42,11 +43,13 @@ def _generate_mode(
     for round_index in range(args.warmup + args.iterations):
         stamps: list[float] = []
         start = now_ms()
-        tokens = greedy_generate(session, prompt, args.decode_tokens, None, lambda _: stamps.append(now_ms()))
+        tokens = greedy_generate(
+            session, prompt, args.decode_tokens, None, lambda _, marks=stamps: marks.append(now_ms())
+        )
         if round_index < args.warmup:
             continue
         ttft.append(stamps[0] - start)
-        decode_ms += [b - a for a, b in zip(stamps, stamps[1:])]
+        decode_ms += [b - a for a, b in itertools.pairwise(stamps)]
     np.savez(args.out / "outputs.npz", generated_ids=np.array(tokens, dtype=np.int64))
     return {"ttft_ms": ttft, "decode_ms": decode_ms, "latencies_ms": ttft}
 

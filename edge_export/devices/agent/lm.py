@@ -46,7 +46,7 @@ class KVCacheSession:
             feeds["position_ids"] = np.arange(self.length, self.length + count, dtype=np.int64)[None]
         feeds.update(self.past)
         out = self._run(feeds)
-        self.past = {p: np.asarray(out[q]) for p, q in zip(self.past_names, self.present_names)}
+        self.past = {p: np.asarray(out[q]) for p, q in zip(self.past_names, self.present_names, strict=True)}
         self.length += count
         return np.asarray(out["logits"])
 

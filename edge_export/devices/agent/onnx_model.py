@@ -45,7 +45,9 @@ class OnnxModel:
             if name in feeds
         }
         values = self.session.run(self.output_names, cast)
-        return {name: np.asarray(v, dtype=np.float32) for name, v in zip(self.output_names, values)}
+        return {
+            name: np.asarray(v, dtype=np.float32) for name, v in zip(self.output_names, values, strict=True)
+        }
 
     def providers(self) -> list[str]:
         """Execution providers actually in use (what ran where)."""

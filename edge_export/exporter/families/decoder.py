@@ -76,7 +76,9 @@ def build(hf_model: nn.Module, task: str, extras: dict[str, Any]) -> tuple[nn.Mo
         TensorSpec("attention_mask", "int64", ("batch", "total_sequence")),
         TensorSpec("position_ids", "int64", ("batch", "sequence")),
     ]
-    inputs += [TensorSpec(n, "float32", kv_shape_in) for n in past_names(geo["num_layers"], "past_key_values")]
+    inputs += [
+        TensorSpec(n, "float32", kv_shape_in) for n in past_names(geo["num_layers"], "past_key_values")
+    ]
     vocab = hf_model.config.vocab_size
     outputs = [TensorSpec("logits", "float32", ("batch", "sequence", vocab))]
     outputs += [TensorSpec(n, "float32", kv_shape_out) for n in past_names(geo["num_layers"], "present")]

@@ -114,7 +114,9 @@ class OnnxTarget:
             files = save_clean(proto, out)
         except Exception as exc:
             raise ExportError(self.name, "save", _first_line(exc)) from exc
-        return Artifact(self.name, recipe, out, files, {"opset": _opset(proto), "options": dict(recipe.options)})
+        return Artifact(
+            self.name, recipe, out, files, {"opset": _opset(proto), "options": dict(recipe.options)}
+        )
 
     def load(self, artifact_path: Path, manifest: Mapping[str, Any]) -> Runnable:
         """An onnxruntime session (the same adapter the device agent uses)."""

@@ -18,7 +18,6 @@ import numpy as np
 
 from edge_export.exporter.prepared import CalibrationSet
 
-
 # ORT's quantizers log warnings we act on ourselves (e.g. the opset bump for int4 Gather).
 logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
 logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
@@ -39,7 +38,6 @@ def scratch_dir(near: Path) -> Iterator[Path]:
 def untied_copy(src: Path, scratch: Path) -> Path:
     """The model with tied weights folded into plain MatMul initializers (see graph.py)."""
     import onnx
-
     from edge_export.targets.onnx.graph import untie_transposed_weights
 
     proto = onnx.load_model(str(src))
@@ -65,8 +63,9 @@ def preprocess(src: Path, scratch: Path) -> Path:
 
 def to_fp16(src: Path, out: Path, options: Mapping[str, Any]) -> Any:
     """fp16 weights and compute; graph inputs/outputs stay fp32 (callers feed the same arrays)."""
-    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    import onnx
 
     proto = onnx.load_model(str(src))
     return convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
@@ -80,8 +79,9 @@ def int8_dynamic(src: Path, out: Path, options: Mapping[str, Any]) -> Any:
     block at run time; decoders need it because per-tensor activation scales cannot hold their
     outlier channels (SmolLM2-135M: +53% perplexity per-tensor vs +0.3% block-wise, measured).
     """
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import onnx
 
     if options["method"] == "blockwise":
         from edge_export.targets.onnx.graph import untie_transposed_weights
@@ -120,8 +120,9 @@ def int8_static(src: Path, out: Path, options: Mapping[str, Any], calibration: C
     Only MatMuls with constant weights are quantized: quantizing attention score MatMuls and the
     causal-mask arithmetic wrecks decoders (6% argmax agreement measured), see STACK.md.
     """
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    import onnx
 
     names = {i.name for i in onnx.load_model(str(src), load_external_data=False).graph.input}
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -142,8 +143,14 @@ def int8_static(src: Path, out: Path, options: Mapping[str, Any], calibration: C
         return onnx.load_model(str(target))
 
 
-def _nbits_pass(proto: Any, bits: int, options: Mapping[str, Any], ops: tuple[str, ...],
-                exclude: list[str] | None = None, include: list[str] | None = None) -> Any:
+def _nbits_pass(
+    proto: Any,
+    bits: int,
+    options: Mapping[str, Any],
+    ops: tuple[str, ...],
+    exclude: list[str] | None = None,
+    include: list[str] | None = None,
+) -> Any:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -177,7 +184,6 @@ def int4_weight(src: Path, out: Path, options: Mapping[str, Any]) -> Any:
     of the perplexity lost to 4-bit on small LMs at a small size cost.
     """
     import onnx
-
     from edge_export.targets.onnx.graph import untie_transposed_weights
 
     proto = onnx.load_model(str(src))

@@ -1,0 +1,133 @@
+"""Shared fixtures: tiny random models per architecture family (plumbing), the two real models
+shipped in PyPI packages (accuracy), and session-cached export runs so slow exports happen once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from edge_export.cli import main as cli_main
+from edge_export.demo_models import demo_model_path
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str] | None = None) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit code, stdout, stderr) when capsys is given."""
+    try:
+        code = cli_main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse usage errors
+        code = int(exc.code or 0)
+    if capsys is None:
+        return code, "", ""
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _save(model: torch.nn.Module, folder: Path, tokenizer_from: Path | None) -> Path:
+    model.save_pretrained(folder)
+    if tokenizer_from is not None:
+        for name in TOKENIZER_FILES:
+            if (tokenizer_from / name).exists():
+                shutil.copy(tokenizer_from / name, folder / name)
+    return folder
+
+
+def make_encoder(folder: Path, model_type: str, task: str, tokenizer_from: Path | None) -> Path:
+    """A tiny random encoder of `model_type` for `task`, saved as a HF folder (safetensors)."""
+    import transformers
+
+    torch.manual_seed(0)
+    common = {"vocab_size": 30522, "num_labels": 3, "max_position_embeddings": 128}
+    if model_type == "distilbert":
+        config = transformers.DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2, **common)
+    else:
+        cls = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig}[model_type]
+        extra = {"type_vocab_size": 2} if model_type == "bert" else {"pad_token_id": 0}
+        config = cls(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            **extra,
+            **common,
+        )
+    auto = {"feature-extraction": transformers.AutoModel,
+            "text-classification": transformers.AutoModelForSequenceClassification,
+            "fill-mask": transformers.AutoModelForMaskedLM}[task]  # fmt: skip
+    return _save(auto.from_config(config).eval(), folder, tokenizer_from)
+
+
+def make_decoder(folder: Path, model_type: str) -> Path:
+    """A tiny random decoder-only LM of `model_type` (no tokenizer: validation uses hashed ids)."""
+    import transformers
+
+    torch.manual_seed(0)
+    common = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}  # fmt: skip
+    configs = {
+        "llama": lambda: transformers.LlamaConfig(tie_word_embeddings=True, **common),
+        "qwen2": lambda: transformers.Qwen2Config(**common),
+        "mistral": lambda: transformers.MistralConfig(sliding_window=None, **common),
+        "phi3": lambda: transformers.Phi3Config(pad_token_id=0, **common),
+        "gemma": lambda: transformers.GemmaConfig(head_dim=16, **common),
+        "qwen3": lambda: transformers.Qwen3Config(head_dim=16, **common),
+    }
+    model = transformers.AutoModelForCausalLM.from_config(configs[model_type]()).eval()
+    return _save(model, folder, None)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 folder (sentence-transformers, mean pooling + normalize)."""
+    return demo_model_path("minilm")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF (Q4_1) file."""
+    return demo_model_path("smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """Tiny random BERT feature extractor with the MiniLM tokenizer."""
+    return make_encoder(tmp_path_factory.mktemp("tiny-bert"), "bert", "feature-extraction", minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random Llama causal LM with tied embeddings."""
+    return make_decoder(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+def load_report(out: Path) -> dict[str, Any]:
+    """OUT/report.json as a dict."""
+    return json.loads((out / "report.json").read_text())
+
+
+FAST = ["--warmup", "1", "--iterations", "3"]
+
+
+@pytest.fixture(scope="session")
+def minilm_run(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> tuple[int, Path]:
+    """One export of the real MiniLM with every ONNX recipe (shared by many tests)."""
+    out = tmp_path_factory.mktemp("minilm") / "out"
+    recipes = ["onnx:fp32", "onnx:fp16", "onnx:int8-dynamic", "onnx:int8-static", "onnx:int4-weight"]
+    argv = ["export", minilm_dir, "--out", out, *[a for r in recipes for a in ("--recipe", r)], *FAST]
+    code, _, _ = run_cli(argv)
+    return code, out
+
+
+@pytest.fixture(scope="session")
+def smollm2_run(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> tuple[int, Path]:
+    """One export of the real SmolLM2 (GGUF) at fp32, int8 and int4 with KV cache."""
+    out = tmp_path_factory.mktemp("smollm2") / "out"
+    argv = ["export", smollm2_gguf, "--out", out, "--target", "onnx", "--quantize", "fp32,int8,int4", *FAST]
+    code, _, _ = run_cli(argv)
+    return code, out

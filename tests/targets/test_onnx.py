@@ -1,0 +1,170 @@
+"""ONNX target: the real models for accuracy, tiny random models for plumbing across families."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import FAST, load_report, make_decoder, make_encoder, run_cli
+
+from edge_export.devices.agent.lm import KVCacheSession, greedy_generate
+from edge_export.devices.agent.onnx_model import OnnxModel
+from edge_export.exporter.bundle import verify_bundle
+
+
+def _result(report: dict, recipe: str) -> dict:
+    return next(r for r in report["results"] if r["recipe"] == recipe)
+
+
+def _metric(result: dict, name: str) -> float:
+    return float(result["accuracy"]["metrics"][name])
+
+
+# ---- real model: all-MiniLM-L6-v2 -------------------------------------------------------------
+
+
+def test_minilm_all_recipes_pass_their_gates(minilm_run: tuple[int, Path]) -> None:
+    code, out = minilm_run
+    report = load_report(out)
+    assert code == 0, [r["accuracy"]["failure"] for r in report["results"] if r["status"] != "passed"]
+    assert report["schema"] == "edge-export/report@1"
+    assert {r["recipe"] for r in report["results"]} == {
+        "onnx:fp32", "onnx:fp16", "onnx:int8-dynamic", "onnx:int8-static", "onnx:int4-weight"
+    }  # fmt: skip
+    fp32 = _result(report, "onnx:fp32")
+    assert _metric(fp32, "embedding_cosine_min") > 0.9999
+    assert _metric(_result(report, "onnx:int8-dynamic"), "embedding_cosine_min") >= 0.99
+    for result in report["results"]:
+        gates = result["accuracy"]["gates"]
+        assert gates and all(g["passed"] for g in gates)
+        assert {"embedding_cosine_min", "sqnr_db", "cosine_min"} <= {g["metric"] for g in gates}
+
+
+def test_minilm_sizes_shrink_with_precision(minilm_run: tuple[int, Path]) -> None:
+    report = load_report(minilm_run[1])
+    size = {r["recipe"]: r["size_bytes"] for r in report["results"]}
+    assert size["onnx:int4-weight"] < size["onnx:int8-dynamic"] < size["onnx:fp16"] < size["onnx:fp32"]
+    assert size["onnx:int8-dynamic"] < 0.3 * size["onnx:fp32"]
+
+
+def test_minilm_bundle_contents_and_manifest(minilm_run: tuple[int, Path]) -> None:
+    out = minilm_run[1]
+    bundle = out / "onnx-int8-dynamic"
+    assert (bundle / "model.onnx").is_file() and (bundle / "tokenizer.json").is_file()
+    assert not list(bundle.glob("*.data")), "weights below 2 GB must be inline"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["recipe"]["id"] == "onnx:int8-dynamic"
+    assert manifest["recipe"]["options"]["method"] == "matmul-integer"
+    names = [t["name"] for t in manifest["io"]["outputs"]]
+    assert names == ["last_hidden_state", "sentence_embedding"]
+    assert manifest["io"]["inputs"][0]["shape"] == ["batch", "sequence"]
+    assert verify_bundle(bundle) == []
+    assert manifest["validation"]["gates"] and manifest["latency"][0]["device"] == "local"
+
+
+def test_minilm_graph_is_clean_and_dynamic(minilm_run: tuple[int, Path]) -> None:
+    path = minilm_run[1] / "onnx-fp32" / "model.onnx"
+    proto = onnx.load(str(path))
+    assert sum(len(n.metadata_props) for n in proto.graph.node) == 0
+    dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "sequence"]
+    model = OnnxModel(path)
+    for batch, seq in ((1, 5), (3, 40)):
+        ids = np.full((batch, seq), 1000, dtype=np.int64)
+        out = model.run(
+            {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        )
+        assert out["sentence_embedding"].shape == (batch, 384)
+        np.testing.assert_allclose(np.linalg.norm(out["sentence_embedding"], axis=1), 1.0, atol=1e-4)
+
+
+def test_minilm_latency_fields(minilm_run: tuple[int, Path]) -> None:
+    latency = _result(load_report(minilm_run[1]), "onnx:fp32")["latency"]
+    assert latency["device"] == "local" and latency["iterations"] == 3
+    assert 0 < latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"]
+    assert latency["load_ms"] > 0 and latency["peak_rss_mb"] > 10
+    assert latency["sequence_length"] == 128 and "cv" in latency
+
+
+# ---- real model: SmolLM2-135M-Instruct (GGUF) ---------------------------------------------------
+
+
+def test_smollm2_fp32_int8_int4(smollm2_run: tuple[int, Path]) -> None:
+    code, out = smollm2_run
+    report = load_report(out)
+    assert code == 0, [r["accuracy"]["failure"] for r in report["results"] if r["status"] != "passed"]
+    fp32 = _result(report, "onnx:fp32")
+    assert _metric(fp32, "generation_match") == 1.0
+    assert fp32["accuracy"]["details"]["generated_tokens"] == 32
+    assert abs(_metric(fp32, "perplexity_delta_pct")) < 0.1
+    for recipe in ("onnx:int8-dynamic", "onnx:int4-weight"):
+        assert "perplexity_delta_pct" in _result(report, recipe)["accuracy"]["metrics"]
+    size = {r["recipe"]: r["size_bytes"] for r in report["results"]}
+    assert size["onnx:int4-weight"] <= 0.3 * size["onnx:fp32"]
+    assert size["onnx:int4-weight"] < size["onnx:int8-dynamic"]
+
+
+def test_smollm2_generation_latency(smollm2_run: tuple[int, Path]) -> None:
+    latency = _result(load_report(smollm2_run[1]), "onnx:int4-weight")["latency"]
+    assert latency["ttft_ms"] > 0 and latency["decode_tokens_per_s"] > 1
+    assert latency["prompt_tokens"] == 64
+
+
+def test_smollm2_bundle_runs_a_generation_loop(smollm2_run: tuple[int, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    bundle = smollm2_run[1] / "onnx-fp32"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(bundle))
+    model = OnnxModel(bundle / manifest["artifact"])
+    session = KVCacheSession(model.run, manifest["io"])
+    prompt = tokenizer("The capital of France is")["input_ids"]
+    text = tokenizer.decode(greedy_generate(session, prompt, 8))
+    assert "Paris" in text
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in onnx.load(str(bundle / "model.onnx"), load_external_data=False).graph.input}  # fmt: skip
+    assert dims["past_key_values.0.key"][2] == "past_sequence"
+    assert dims["input_ids"] == ["batch", "sequence"]
+
+
+# ---- tiny random models: every family and task --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model_type", "task"),
+    [("bert", "text-classification"), ("roberta", "fill-mask"), ("distilbert", "feature-extraction")],
+)
+def test_tiny_encoder_families(tmp_path: Path, minilm_dir: Path, model_type: str, task: str) -> None:
+    folder = make_encoder(tmp_path / "model", model_type, task, minilm_dir)
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["export", folder, "--out", out, "--quantize", "fp32", "--no-latency"])
+    report = load_report(out)
+    assert code == 0, report["results"][0]
+    assert report["model"]["task"] == task
+    metric = "embedding_cosine_min" if task == "feature-extraction" else "top1_agreement"
+    assert _metric(report["results"][0], metric) >= 0.99
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral", "phi3", "gemma", "qwen3"])
+def test_tiny_decoder_families(tmp_path: Path, model_type: str) -> None:
+    folder = make_decoder(tmp_path / "model", model_type)
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["export", folder, "--out", out, "--quantize", "fp32", "--no-latency"])
+    result = load_report(out)["results"][0]
+    assert code == 0, result
+    assert _metric(result, "generation_match") == 1.0
+    assert _metric(result, "max_abs_error") < 1e-3
+
+
+def test_tiny_llama_int4_and_latency(tmp_path: Path, tiny_llama: Path) -> None:
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["export", tiny_llama, "--out", out, "--quantize", "int4", *FAST])
+    result = load_report(out)["results"][0]
+    assert result["recipe"] == "onnx:int4-weight" and result["error"] is None
+    assert result["latency"]["decode_tokens_per_s"] > 0
+    ops = result["inspect"]["operators"]
+    assert ops.get("MatMulNBits", 0) > 0 and ops.get("MatMul", 0) <= 4  # only attention matmuls stay
+    assert code in (0, 1)  # random weights say nothing about int4 accuracy; the gates decide

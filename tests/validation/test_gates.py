@@ -1,0 +1,47 @@
+"""Gates: direction, NaN handling, override precedence, one message listing every failure."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edge_export.errors import ConfigError
+from edge_export.validation.gates import check_override_keys, evaluate, failure_message, resolve_thresholds
+
+
+def test_directions_and_failure_message() -> None:
+    gates = evaluate(
+        {"embedding_cosine_min": 0.95, "perplexity_delta_pct": 12.0, "sqnr_db": 40.0},
+        {"embedding_cosine_min": 0.99, "perplexity_delta_pct": 5.0, "sqnr_db": 30.0, "top1_agreement": 0.9},
+    )
+    assert {g.metric: g.passed for g in gates} == {
+        "embedding_cosine_min": False, "perplexity_delta_pct": False, "sqnr_db": True,
+    }  # fmt: skip
+    message = failure_message("onnx:int8-dynamic", gates)
+    assert message is not None
+    assert "embedding_cosine_min=0.95" in message and "perplexity_delta_pct=12" in message
+    assert "sqnr_db" not in message
+
+
+def test_nan_always_fails_and_all_pass_gives_no_message() -> None:
+    assert not evaluate({"cosine_min": math.nan}, {"cosine_min": 0.0})[0].passed
+    assert failure_message("x", evaluate({"cosine_min": 1.0}, {"cosine_min": 0.5})) is None
+
+
+def test_override_precedence() -> None:
+    overrides = {
+        "*": {"cosine_min": 0.1},
+        "int8": {"cosine_min": 0.2},
+        "onnx:int8-dynamic": {"cosine_min": 0.3},
+    }
+    assert (
+        resolve_thresholds("onnx:int8-dynamic", "int8", {"cosine_min": 0.9}, overrides)["cosine_min"] == 0.3
+    )
+    assert resolve_thresholds("onnx:int8-static", "int8", {"cosine_min": 0.9}, overrides)["cosine_min"] == 0.2
+    assert resolve_thresholds("onnx:fp32", "fp32", {"cosine_min": 0.9}, overrides)["cosine_min"] == 0.1
+
+
+def test_unknown_metric_in_overrides_suggests_closest() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'cosine_min'"):
+        check_override_keys({"*": {"cosin_min": 0.5}})
