@@ -19,6 +19,7 @@ from edge_export.exporter.loading import prepare
 from edge_export.exporter.plan import PlannedRun, plan_runs
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.exporter.source import resolve
+from edge_export.targets.base import Artifact
 from edge_export.exporter.textdata import TextData, load_text
 from edge_export.report.progress import Progress
 from edge_export.report.schema import REPORT_SCHEMA, exit_code, new_result, tool_versions, write_report
@@ -76,7 +77,7 @@ class ExportRun:
             shutil.rmtree(bundle, ignore_errors=True)
             result["error"] = {"type": "ExportError", "stage": exc.stage, "message": exc.one_line()}
             return result
-        manifest = self._manifest(run, artifact.path.name, artifact.details)
+        manifest = self._manifest(run, artifact)
         self.model.save_tokenizer(bundle)
         write_manifest(bundle, manifest)
         result.update(bundle=str(bundle.name), artifact=f"{bundle.name}/{artifact.path.name}",
@@ -108,19 +109,19 @@ class ExportRun:
         write_manifest(bundle, manifest)
         return result
 
-    def _manifest(self, run: PlannedRun, artifact: str, details: dict[str, Any]) -> dict[str, Any]:
+    def _manifest(self, run: PlannedRun, artifact: Artifact) -> dict[str, Any]:
         model = self.model
         return {
             "model": {"source": model.source.given, "kind": model.source.kind, "sha256": model.sha256,
                       "task": model.task, "family": model.family.name},
             "task": model.task,
             "target": run.target.name,
-            "recipe": run.recipe.to_dict(),
-            "artifact": artifact,
+            "recipe": artifact.recipe.to_dict(),  # options as resolved for this model
+            "artifact": artifact.path.name,
             "io": model.io.to_dict(),
             "runtime": {"name": {"onnx": "onnxruntime"}.get(run.target.name, run.target.name),
                         "extra": run.target.extra},
-            "export": details,
+            "export": artifact.details,
             "versions": tool_versions(),
         }  # fmt: skip
 

@@ -17,6 +17,7 @@ FP32_GATES = {
 }
 
 # Measured on the built-in text (fp16 / int8 / int4 / int8-static):
+#   sqnr_db MiniLM 58.9 / 18.7 / 10.8 / 9.0; SmolLM2 -- / 28.8 / 6.5 / -2.0
 #   MiniLM embedding_cosine_min 0.99998 / 0.991 / 0.937 / 0.925
 #   SmolLM2 perplexity_delta_pct -- / +0.29% / +6.6% / +294% (static fails its gates: by design)
 #   SmolLM2 next_token_agreement -- / 0.943 / 0.722 / 0.44
@@ -36,7 +37,7 @@ RECIPES = (
         "int8 weights, activations quantized at run time (CPU default); method auto picks "
         "per-tensor MatMulInteger for encoders and block-wise MatMulNBits for decoders",
         options={"method": "auto", "per_channel": True, "quantize_embeddings": True, "block_size": 32},
-        gates={"embedding_cosine_min": 0.99, "top1_agreement": 0.9,
+        gates={"sqnr_db": 12.0, "embedding_cosine_min": 0.99, "top1_agreement": 0.9,
                "next_token_agreement": 0.9, "perplexity_delta_pct": 2.0},
         default_for=("int8",),
     ),
@@ -44,7 +45,7 @@ RECIPES = (
         "onnx:int8-static", "int8", "QDQ int8 with calibrated activations, for NPU execution providers",
         options={"per_channel": True, "calibration_method": "minmax", "calibration_samples": 16},
         needs_calibration=True,
-        gates={"embedding_cosine_min": 0.9, "top1_agreement": 0.8,
+        gates={"sqnr_db": 6.0, "embedding_cosine_min": 0.9, "top1_agreement": 0.8,
                "next_token_agreement": 0.8, "perplexity_delta_pct": 10.0},
     ),
     Recipe(
@@ -52,7 +53,7 @@ RECIPES = (
         "4-bit block-wise weights (MatMulNBits), embeddings 4-bit, LM head 8-bit by default",
         options={"bits": 4, "head_bits": 8, "block_size": 32, "symmetric": True,
                  "accuracy_level": 4, "quantize_embeddings": True},
-        gates={"embedding_cosine_min": 0.92, "top1_agreement": 0.7,
+        gates={"sqnr_db": 4.0, "embedding_cosine_min": 0.92, "top1_agreement": 0.7,
                "next_token_agreement": 0.65, "perplexity_delta_pct": 12.0},
         default_for=("int4",),
     ),
