@@ -41,6 +41,23 @@ def targets_info() -> list[dict[str, Any]]:
     return info
 
 
+def devices_info(check: bool = False) -> list[dict[str, Any]]:
+    """Configured devices; with `check`, their facts and runtimes as they report them."""
+    from edge_export.devices import known_devices
+
+    info = []
+    for name in known_devices():
+        entry: dict[str, Any] = {"name": name}
+        if check:
+            device = get_device(name)
+            try:
+                entry.update(device.info(), runtimes=device.runtimes(), reachable=True)
+            except DeviceError as exc:
+                entry.update(reachable=False, error=exc.one_line())
+        info.append(entry)
+    return info
+
+
 def read_bundle(bundle: Path) -> dict[str, Any]:
     """The manifest of an intact bundle; InputError when missing or modified."""
     manifest_file = bundle / "manifest.json"

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ben)
     tgt = sub.add_parser("targets", help="targets, recipes, and whether each is installed")
     _common(tgt)
+    dev = sub.add_parser("devices", help="known devices, their facts and runtimes")
+    dev.add_argument("--check", action="store_true", help="ask each device for its facts and runtimes")
+    _common(dev)
     return parser
 
 
@@ -143,6 +146,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"{target['name']} ({state})")
                 for recipe in target["recipes"]:
                     print(f"  {recipe['id']:<24} {recipe['precision']:<5} {recipe['description']}")
+        return 0
+    if args.command == "devices":
+        info = api.devices_info(check=args.check)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            for device in info:
+                runtimes = ", ".join(f"{k}: {v or 'missing'}" for k, v in device.get("runtimes", {}).items())
+                print(f"{device['name']}: {device.get('arch', '?')} {device.get('os', '')} [{runtimes}]")
         return 0
     progress = Progress(enabled=False if args.json else None)
     if args.command == "export":

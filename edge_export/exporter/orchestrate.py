@@ -19,10 +19,10 @@ from edge_export.exporter.loading import prepare
 from edge_export.exporter.plan import PlannedRun, plan_runs
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.exporter.source import resolve
-from edge_export.targets.base import Artifact
 from edge_export.exporter.textdata import TextData, load_text
 from edge_export.report.progress import Progress
 from edge_export.report.schema import REPORT_SCHEMA, exit_code, new_result, tool_versions, write_report
+from edge_export.targets.base import Artifact
 from edge_export.validation.accuracy import Validator
 from edge_export.validation.cases import calibration_set, latency_inputs
 from edge_export.validation.gates import evaluate, failure_message, resolve_thresholds
