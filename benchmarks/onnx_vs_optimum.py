@@ -277,10 +277,12 @@ def footnotes(args: argparse.Namespace, ee_flags: list[str]) -> list[str]:
         "and its largest process's VmHWM; Optimum int8 = max over its two steps.",
         "size: sum of .onnx + .onnx.data/.onnx_data files of the artifact's folder.",
         f"p50 ms: onnxruntime {ort.__version__} CPU, intra_op_threads={args.threads}, "
-        f"batch 1, seq {MINILM_SEQ_LEN}, 100 runs after 10 warm-up; cos = cosine of the "
-        "mean-pooled output vs PyTorch.",
+        f"batch 1, seq {MINILM_SEQ_LEN}, {args.rounds} x 20 runs after 10 warm-up, in chunks "
+        "alternating between the tools; cos = cosine of the mean-pooled last_hidden_state vs "
+        "PyTorch.",
         f"tok/s: greedy KV-cache loop, chat prompt prefill, then {DECODE_STEPS} single-token "
-        "decode steps timed (median of 3 loops after 1 warm-up); same session options. "
+        f"decode steps timed (median of {args.rounds} loops after 1 warm-up, alternating "
+        "between the tools); same session options. "
         f"top-1 vs torch: share of the {DECODE_STEPS + 1} generated positions whose argmax equals "
         "PyTorch fp32 "
         "greedy token when fed PyTorch's tokens (teacher forcing); in brackets the number of "
@@ -323,12 +325,16 @@ def main(argv: list[str] | None = None) -> int:
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     print("preparing models ...", file=sys.stderr, flush=True)
     models = prepare_models(keys, args.workdir)
+    export_load = os.getloadavg()[0]
     rows, ee_flags = run_exports(args, models)
-    load = os.getloadavg()[0]
+    timing_load = os.getloadavg()[0]
     measure_runtime(rows, models, args.threads, args.rounds)
     kinds = {key: model.kind for key, model in models.items()}
     notes = footnotes(args, ee_flags)
-    notes.append(f"1-minute load average when timing started: {load:.2f}")
+    notes.append(
+        f"1-minute load average when exports started: {export_load:.2f}, "
+        f"when timing started: {timing_load:.2f} (each export itself adds ~1)"
+    )
     print(render(rows, kinds, notes))
     result = {
         "schema": "edge-export/bench-onnx-vs-optimum@1",

@@ -24,7 +24,6 @@ class ValidationConfig(_Strict):
     enabled: bool = True
     data: Path | None = None
     generate_tokens: int = Field(32, ge=1, le=512)
-    calibration_samples: int = Field(16, ge=1, le=1024)
     # scope ("*", a precision, or a recipe id) -> metric -> threshold
     gates: dict[str, dict[str, float]] = Field(default_factory=dict)
 

@@ -126,8 +126,9 @@ def minilm_run(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> tu
 
 @pytest.fixture(scope="session")
 def smollm2_run(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> tuple[int, Path]:
-    """One export of the real SmolLM2 (GGUF) at fp32, int8 and int4 with KV cache."""
+    """One export of the real SmolLM2 (GGUF): fp32, int8 (dynamic and static) and int4, KV cache."""
     out = tmp_path_factory.mktemp("smollm2") / "out"
-    argv = ["export", smollm2_gguf, "--out", out, "--target", "onnx", "--quantize", "fp32,int8,int4", *FAST]
+    recipes = ["onnx:fp32", "onnx:int8-dynamic", "onnx:int8-static", "onnx:int4-weight"]
+    argv = ["export", smollm2_gguf, "--out", out, *[a for r in recipes for a in ("--recipe", r)], *FAST]
     code, _, _ = run_cli(argv)
     return code, out

@@ -60,7 +60,8 @@ class ExportRun:
                         hint="check the model files and config, or pass --no-validate",
                     ) from exc
         if any(r.recipe.needs_calibration for r in self.plan):
-            self.calibration = calibration_set(model, self.text, cfg.validation.calibration_samples)
+            count = max(int(r.recipe.options.get("calibration_samples", 16)) for r in self.plan)
+            self.calibration = calibration_set(model, self.text, count)
         self.model = model
         return model
 

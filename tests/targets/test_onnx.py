@@ -107,6 +107,39 @@ def test_smollm2_fp32_int8_int4(smollm2_run: tuple[int, Path]) -> None:
     assert size["onnx:int4-weight"] < size["onnx:int8-dynamic"]
 
 
+def test_smollm2_static_int8_keeps_outlier_matmuls_in_float(smollm2_run: tuple[int, Path]) -> None:
+    result = _result(load_report(smollm2_run[1]), "onnx:int8-static")
+    assert result["status"] == "passed"
+    manifest = json.loads((smollm2_run[1] / "onnx-int8-static" / "manifest.json").read_text())
+    assert 0 < len(manifest["export"]["float_matmuls"]) < 60
+    assert _metric(result, "perplexity_delta_pct") < 15
+
+
+def test_smollm2_static_int8_without_outlier_handling_fails_its_gates(
+    tmp_path: Path, smollm2_gguf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Per-tensor scales over the massive down-projection inputs produce garbage: the gates
+    must say so (exit 1), not pass it."""
+    config = tmp_path / "c.yaml"
+    config.write_text('recipe_options: {"onnx:int8-static": {outlier_ratio: 0.0}}\n')
+    out = tmp_path / "out"
+    argv = [
+        "export",
+        smollm2_gguf,
+        "--out",
+        out,
+        "--recipe",
+        "onnx:int8-static",
+        "--config",
+        config,
+        "--no-latency",
+    ]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1
+    assert "perplexity_delta_pct" in err and "next_token_agreement" in err
+    assert _metric(load_report(out)["results"][0], "perplexity_delta_pct") > 50
+
+
 def test_smollm2_generation_latency(smollm2_run: tuple[int, Path]) -> None:
     latency = _result(load_report(smollm2_run[1]), "onnx:int4-weight")["latency"]
     assert latency["ttft_ms"] > 0 and latency["decode_tokens_per_s"] > 1

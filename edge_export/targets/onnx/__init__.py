@@ -95,13 +95,15 @@ class OnnxTarget:
         recipe = resolve_auto_options(recipe, model)
         base = self._base_model(model)
         out = workdir / "model.onnx"
+        details: dict[str, Any] = {}
         try:
             if recipe.name == "fp32":
                 proto = load_proto(base)
             elif recipe.name == "int8-static":
                 if calibration is None:
                     raise ConfigError(f"{recipe.id} needs calibration data")
-                proto = quantize.int8_static(base, out, recipe.options, calibration)
+                proto, extra = quantize.int8_static(base, out, recipe.options, calibration)
+                details.update(extra)
             else:
                 step = {"fp16": quantize.to_fp16, "int8-dynamic": quantize.int8_dynamic,
                         "int4-weight": quantize.int4_weight}[recipe.name]  # fmt: skip
@@ -114,9 +116,8 @@ class OnnxTarget:
             files = save_clean(proto, out)
         except Exception as exc:
             raise ExportError(self.name, "save", _first_line(exc)) from exc
-        return Artifact(
-            self.name, recipe, out, files, {"opset": _opset(proto), "options": dict(recipe.options)}
-        )
+        details.update(opset=_opset(proto), options=dict(recipe.options))
+        return Artifact(self.name, recipe, out, files, details)
 
     def load(self, artifact_path: Path, manifest: Mapping[str, Any]) -> Runnable:
         """An onnxruntime session (the same adapter the device agent uses)."""

@@ -34,7 +34,12 @@ def quiet() -> Any:
 
 
 def torch_to_onnx(model: PreparedModel, path: Path) -> None:
-    """Export the prepared wrapper with dynamic axes from the IO spec."""
+    """Export the prepared wrapper with dynamic axes from the IO spec.
+
+    optimize=False: onnxscript's rewriter took ~30% of the SmolLM2 export time and the result ran
+    no faster, because onnxruntime applies the same fusions when it loads the model (measured:
+    MiniLM p50 12.0 vs 12.4 ms, SmolLM2 decode unchanged, identical outputs).
+    """
     import torch
 
     with quiet(), torch.no_grad():
@@ -46,7 +51,7 @@ def torch_to_onnx(model: PreparedModel, path: Path) -> None:
             dynamic_shapes=model.dynamic_shapes(),
             input_names=model.io.input_names,
             output_names=model.io.output_names,
-            optimize=True,
+            optimize=False,
             verbose=False,
             external_data=True,
         )
