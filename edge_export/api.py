@@ -13,9 +13,9 @@ from edge_export.devices import get_device
 from edge_export.errors import ConfigError, DeviceError, InputError
 from edge_export.exporter.bundle import verify_bundle
 from edge_export.report.progress import Progress
-from edge_export.report.schema import REPORT_SCHEMA, exit_code, new_result, tool_versions
+from edge_export.report.schema import new_result, single_result_report
 from edge_export.targets.base import registry
-from edge_export.validation.latency import decode_rate, summarize
+from edge_export.validation.device_latency import latency_entry
 
 
 def export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dict[str, Any], int]:
@@ -109,30 +109,9 @@ def bench(bundle: Path, devices: list[str], lat: LatencyConfig) -> tuple[dict[st
     result = new_result(manifest["target"], manifest["recipe"]["id"], manifest["recipe"]["precision"])
     result.update(status="passed", bundle=str(bundle), artifact=manifest["artifact"])
     for name in devices or ["local"]:
-        device = get_device(name)
-        try:
-            res = device.run(bundle, inputs, lat.warmup, lat.iterations, mode="generate" if decoder else "graph",
-                             decode_tokens=lat.decode_tokens)  # fmt: skip
-        except DeviceError as exc:
-            result["latency_by_device"].append(
-                {"device": name, "error": {"type": "DeviceError", "message": exc.one_line()}}
-            )
-            continue
-        entry = {"device": name, **summarize(res.latencies_ms), "load_ms": res.load_ms,
-                 "peak_rss_mb": res.peak_rss_mb, "runtime": res.runtime}  # fmt: skip
-        if decoder:
-            entry.update(
-                ttft_ms=entry.get("p50_ms"), decode_tokens_per_s=decode_rate(res.extra.get("decode_ms", []))
-            )
-        result["latency_by_device"].append(entry)
+        result["latency_by_device"].append(latency_entry(get_device(name), bundle, inputs, lat, decoder))
     result["latency"] = result["latency_by_device"][0] if result["latency_by_device"] else None
-    report = {
-        "schema": REPORT_SCHEMA,
-        "model": manifest["model"],
-        "versions": tool_versions(),
-        "results": [result],
-    }
-    return report, exit_code([result])
+    return single_result_report(manifest, result)
 
 
 def validate(

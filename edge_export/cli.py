@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from edge_export import __version__
+from edge_export import __version__, interrupts
 from edge_export.errors import ConfigError, EdgeExportError
 
 
@@ -178,6 +178,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edge-export` console script."""
     args = build_parser().parse_args(argv)
+    if argv is None:  # the console script, not an embedding caller: Ctrl-C cleans up and exits 130
+        interrupts.install()
     try:
         return _dispatch(args)
     except EdgeExportError as exc:

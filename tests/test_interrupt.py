@@ -9,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
-def test_sigint_leaves_nothing(tmp_path: Path, tiny_llama: Path) -> None:
+
+@pytest.mark.parametrize("delay_s", [0.2, 1.0, 2.5])
+def test_sigint_leaves_nothing(tmp_path: Path, tiny_llama: Path, delay_s: float) -> None:
     out = tmp_path / "out"
     env = dict(os.environ, CI="1")
     proc = subprocess.Popen(
@@ -23,7 +26,7 @@ def test_sigint_leaves_nothing(tmp_path: Path, tiny_llama: Path) -> None:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     assert list(tmp_path.glob(".out.staging-*")), "the export never started staging"
-    time.sleep(1.0)  # inside the export now
+    time.sleep(delay_s)  # loading, exporting, or validating/measuring by now
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr

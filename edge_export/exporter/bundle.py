@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edge_export import interrupts
 from edge_export.errors import ConfigError
 from edge_export.exporter.source import file_sha256
 
@@ -36,15 +37,21 @@ class StagedOutput:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.path = self.out.parent / f".{self.out.name}.staging-{os.getpid()}"
         shutil.rmtree(self.path, ignore_errors=True)
+        for folder in self._created:
+            interrupts.track(folder)
+        interrupts.track(self.path)
         self.path.mkdir()
 
     def commit(self) -> Path:
         """Replace OUT with the staged folder (the old OUT is removed only after the swap)."""
         old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            self.out.rename(old)
-        self.path.rename(self.out)
+        with interrupts.deferred():
+            if self.out.exists():
+                old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+                self.out.rename(old)
+            self.path.rename(self.out)
+            for path in [self.path, *self._created]:
+                interrupts.untrack(path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.out
@@ -52,7 +59,9 @@ class StagedOutput:
     def discard(self) -> None:
         """Remove the staging folder and everything in it."""
         shutil.rmtree(self.path, ignore_errors=True)
-        for folder in reversed(self._created):  # parents this run created, deepest first
+        interrupts.untrack(self.path)
+        for folder in reversed(self._created):
+            interrupts.untrack(folder)  # parents this run created, deepest first
             with contextlib.suppress(OSError):
                 folder.rmdir()
 

@@ -13,7 +13,7 @@ from typing import Any
 from edge_export.config import ExportConfig
 from edge_export.devices import get_device
 from edge_export.devices.base import Device
-from edge_export.errors import DeviceError, EdgeExportError, ExportError, InputError, Interrupted
+from edge_export.errors import EdgeExportError, ExportError, InputError, Interrupted
 from edge_export.exporter.bundle import StagedOutput, write_manifest
 from edge_export.exporter.loading import prepare
 from edge_export.exporter.plan import PlannedRun, plan_runs
@@ -25,8 +25,8 @@ from edge_export.report.schema import REPORT_SCHEMA, exit_code, new_result, tool
 from edge_export.targets.base import Artifact
 from edge_export.validation.accuracy import Validator
 from edge_export.validation.cases import calibration_set, latency_inputs
+from edge_export.validation.device_latency import latency_entry
 from edge_export.validation.gates import evaluate, failure_message, resolve_thresholds
-from edge_export.validation.latency import decode_rate, summarize
 
 
 class ExportRun:
@@ -141,26 +141,13 @@ class ExportRun:
         }
 
     def measure_latency(self, device: Device, bundle: Path, recipe_id: str) -> dict[str, Any]:
+        """Latency of one bundle on one device, on real-text inputs of the configured size."""
         lat = self.cfg.latency
         decoder = self.model.io.kind == "decoder"
         tokens = lat.prompt_tokens if decoder else lat.sequence_length
         inputs = latency_inputs(self.model, self.text, lat.batch_size, tokens)
         with self.progress.task(f"{recipe_id}: measuring latency on {device.name}"):
-            try:
-                res = device.run(bundle, inputs, lat.warmup, lat.iterations,
-                                 mode="generate" if decoder else "graph", decode_tokens=lat.decode_tokens)  # fmt: skip
-            except DeviceError as exc:
-                return {"device": device.name, "error": {"type": "DeviceError", "message": exc.one_line()}}
-        entry: dict[str, Any] = {"device": device.name, **summarize(res.latencies_ms),
-                                 "load_ms": res.load_ms, "peak_rss_mb": res.peak_rss_mb, "runtime": res.runtime}  # fmt: skip
-        if decoder:
-            entry.update(prompt_tokens=int(inputs["prompt_ids"].size), ttft_ms=entry.get("p50_ms"),
-                         decode_tokens_per_s=decode_rate(res.extra.get("decode_ms", [])),
-                         decode_tokens=lat.decode_tokens)  # fmt: skip
-        else:
-            entry.update(batch_size=lat.batch_size, sequence_length=int(inputs["input_ids"].shape[1]))
-        entry["providers"] = res.extra.get("providers")
-        return entry
+            return latency_entry(device, bundle, inputs, lat, decoder)
 
 
 def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dict[str, Any], int]:

@@ -10,7 +10,7 @@ from edge_export.errors import InputError
 from edge_export.exporter.orchestrate import ExportRun
 from edge_export.exporter.plan import PlannedRun
 from edge_export.report.progress import Progress
-from edge_export.report.schema import REPORT_SCHEMA, exit_code, new_result, tool_versions
+from edge_export.report.schema import new_result, single_result_report
 from edge_export.targets.base import get_recipe, get_target
 
 
@@ -44,10 +44,4 @@ def revalidate(
     if cfg.latency.enabled:
         result["latency_by_device"] = [run.measure_latency(d, bundle, recipe.id) for d in run.devices]
         result["latency"] = result["latency_by_device"][0]
-    report = {
-        "schema": REPORT_SCHEMA,
-        "model": manifest["model"],
-        "versions": tool_versions(),
-        "results": [result],
-    }
-    return report, exit_code([result])
+    return single_result_report(manifest, result)

@@ -56,6 +56,17 @@ def exit_code(results: list[dict[str, Any]]) -> int:
     return code
 
 
+def single_result_report(manifest: dict[str, Any], result: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The report of `validate`/`bench` on one bundle, and its exit code."""
+    report = {
+        "schema": REPORT_SCHEMA,
+        "model": manifest["model"],
+        "versions": tool_versions(),
+        "results": [result],
+    }
+    return report, exit_code([result])
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)

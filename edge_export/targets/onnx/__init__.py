@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edge_export import interrupts
 from edge_export.errors import ConfigError, ExportError
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.targets.base import Artifact, Recipe, Runnable
@@ -27,6 +29,7 @@ class OnnxTarget:
     def __init__(self) -> None:
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self._base: dict[tuple[str, str], Path] = {}
+        self._exporter: dict[tuple[str, str], str] = {}
 
     def recipes(self) -> list[Recipe]:
         """onnx:fp32, fp16, int8-dynamic, int8-static, int4-weight."""
@@ -63,21 +66,30 @@ class OnnxTarget:
 
     def _base_model(self, model: PreparedModel) -> Path:
         """The clean fp32 export, made once per model and shared by every recipe."""
-        from edge_export.targets.onnx.graph import load_proto, save_clean, torch_to_onnx
+        from edge_export.targets.onnx.graph import (
+            load_proto,
+            retie_transposed_copies,
+            save_clean,
+            torch_to_onnx,
+        )
 
         key = (model.sha256, model.task)
         if key not in self._base:
             if self._scratch is None:
                 self._scratch = tempfile.TemporaryDirectory(prefix="edge-export-onnx-")
+                interrupts.track(Path(self._scratch.name))
             folder = Path(self._scratch.name) / f"{len(self._base)}"
             folder.mkdir()
             raw = folder / "raw" / "model.onnx"
             raw.parent.mkdir()
             try:
-                torch_to_onnx(model, raw)
+                self._exporter[key] = torch_to_onnx(model, raw)
             except Exception as exc:
                 raise ExportError(self.name, "export", _first_line(exc)) from exc
-            save_clean(load_proto(raw), folder / "model.onnx")
+            proto = load_proto(raw)
+            retie_transposed_copies(proto)
+            save_clean(proto, folder / "model.onnx")
+            shutil.rmtree(raw.parent)
             self._base[key] = folder / "model.onnx"
         return self._base[key]
 
@@ -89,17 +101,22 @@ class OnnxTarget:
         workdir: Path,
     ) -> Artifact:
         """Export (cached fp32 base), apply the recipe, save a clean model.onnx in workdir."""
+        import onnx
         from edge_export.targets.onnx import quantize
-        from edge_export.targets.onnx.graph import load_proto, save_clean
+        from edge_export.targets.onnx.graph import save_clean
 
         recipe = resolve_auto_options(recipe, model)
         base = self._base_model(model)
         out = workdir / "model.onnx"
-        details: dict[str, Any] = {}
+        details: dict[str, Any] = {"exporter": self._exporter[(model.sha256, model.task)]}
+        if recipe.name == "fp32":  # the base is already clean: ship it as it is
+            files = [
+                Path(shutil.copy2(f, workdir / f.name)) for f in sorted(base.parent.glob(base.name + "*"))
+            ]
+            details.update(opset=_opset(onnx.load_model(str(out), load_external_data=False)))
+            return Artifact(self.name, recipe, out, files, details | {"options": dict(recipe.options)})
         try:
-            if recipe.name == "fp32":
-                proto = load_proto(base)
-            elif recipe.name == "int8-static":
+            if recipe.name == "int8-static":
                 if calibration is None:
                     raise ConfigError(f"{recipe.id} needs calibration data")
                 proto, extra = quantize.int8_static(base, out, recipe.options, calibration)

@@ -1,0 +1,46 @@
+"""Run a bundle on a device and turn its raw timings into a report.json latency entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_export.config import LatencyConfig
+from edge_export.devices.base import Device
+from edge_export.errors import DeviceError
+from edge_export.validation.latency import decode_rate, summarize
+
+
+def latency_entry(
+    device: Device, bundle: Path, inputs: dict[str, np.ndarray], lat: LatencyConfig, decoder: bool
+) -> dict[str, Any]:
+    """Timings on one device; a device failure becomes an entry with `error` (exit 4), not a raise."""
+    mode = "generate" if decoder else "graph"
+    try:
+        res = device.run(
+            bundle, inputs, lat.warmup, lat.iterations, mode=mode, decode_tokens=lat.decode_tokens
+        )
+    except DeviceError as exc:
+        return {"device": device.name, "error": {"type": "DeviceError", "message": exc.one_line()}}
+    entry: dict[str, Any] = {
+        "device": device.name,
+        **summarize(res.latencies_ms),
+        "load_ms": res.load_ms,
+        "peak_rss_mb": res.peak_rss_mb,
+        "runtime": res.runtime,
+        "providers": res.extra.get("providers"),
+    }
+    if decoder:
+        entry.update(
+            prompt_tokens=int(inputs["prompt_ids"].size),
+            ttft_ms=entry.get("p50_ms"),
+            decode_tokens=lat.decode_tokens,
+            decode_tokens_per_s=decode_rate(res.extra.get("decode_ms", [])),
+        )
+    else:
+        entry.update(
+            batch_size=int(inputs["input_ids"].shape[0]), sequence_length=int(inputs["input_ids"].shape[1])
+        )
+    return entry
