@@ -17,9 +17,9 @@ FP32_GATES = {
 }
 
 # Measured on the built-in text (fp16 / int8-dynamic / int4-weight / int8-static):
-#   MiniLM embedding_cosine_min 0.99998 / 0.991 / 0.937 / 0.926; sqnr_db 58.9 / 18.7 / 10.9 / 8.3
-#   SmolLM2 perplexity_delta_pct -- / -0.17% / +6.6% / +10.8%; next_token_agreement -- / 0.946 /
-#   0.722 / 0.840; sqnr_db -- / 24.7 / 6.5 / 16.0
+#   MiniLM embedding_cosine_min 0.99998 / 0.9915 / 0.938 / 0.926; sqnr_db 58.3 / 18.7 / 10.9 / 8.3
+#   SmolLM2 perplexity_delta_pct -- / +0.06% / +6.8% / +9.5%; next_token_agreement -- / 0.954 /
+#   0.716 / 0.837; sqnr_db -- / 24.9 / 6.4 / 15.1
 RECIPES = (
     Recipe(
         "onnx:fp32", "fp32", "fp32 graph from the dynamo exporter, cleaned",
