@@ -6,12 +6,16 @@ before the model loads. A failing target is recorded and the others still run.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from edge_export.config import ExportConfig
 from edge_export.devices import get_device
+from edge_export.devices.agent.measure import peak_rss_mb
 from edge_export.devices.base import Device
 from edge_export.errors import EdgeExportError, ExportError, InputError, Interrupted
 from edge_export.exporter.bundle import StagedOutput, write_manifest
@@ -29,6 +33,16 @@ from edge_export.validation.device_latency import latency_entry
 from edge_export.validation.gates import evaluate, failure_message, resolve_thresholds
 
 
+@contextlib.contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Record the wall time of a block in seconds under `key` (also when it raises)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = round(time.perf_counter() - start, 3)
+
+
 class ExportRun:
     """State shared by the runs of one export: model, reference results, devices."""
 
@@ -41,17 +55,21 @@ class ExportRun:
         self.model: PreparedModel | None = None
         self.validator: Validator | None = None
         self.calibration: CalibrationSet | None = None
+        self.timings: dict[str, float] = {}
 
     def load(self) -> PreparedModel:
         """Resolve and load the model, pre-flight every recipe, compute reference results."""
         cfg = self.cfg
-        with self.progress.task(f"loading {cfg.model}"):
+        with self.progress.task(f"loading {cfg.model}"), timed(self.timings, "load_s"):
             source = resolve(cfg.model, allow_pickle=cfg.allow_pickle, revision=cfg.revision)
             model = prepare(source, cfg.task, trust_remote_code=cfg.trust_remote_code)
         for run in self.plan:
             run.target.check(model, run.recipe)
         if cfg.validation.enabled:
-            with self.progress.task("computing PyTorch reference outputs"):
+            with (
+                self.progress.task("computing PyTorch reference outputs"),
+                timed(self.timings, "reference_s"),
+            ):
                 try:
                     self.validator = Validator(model, self.text, cfg.validation.generate_tokens)
                 except (RuntimeError, IndexError, ValueError) as exc:
@@ -69,10 +87,11 @@ class ExportRun:
         """Export, bundle, validate and measure one recipe; never raises for target failures."""
         recipe = run.recipe
         result = new_result(run.target.name, recipe.id, recipe.precision)
+        timings = result["timings_s"] = {}
         bundle = staging / f"{run.target.name}-{recipe.name}"
         bundle.mkdir()
         try:
-            with self.progress.task(f"{recipe.id}: exporting"):
+            with self.progress.task(f"{recipe.id}: exporting"), timed(timings, "export"):
                 artifact = run.target.export(self.model, recipe, self.calibration, bundle)
         except ExportError as exc:
             shutil.rmtree(bundle, ignore_errors=True)
@@ -87,7 +106,7 @@ class ExportRun:
         result["status"] = "passed"
         if self.validator is not None:
             try:
-                with self.progress.task(f"{recipe.id}: validating"):
+                with self.progress.task(f"{recipe.id}: validating"), timed(timings, "validate"):
                     runnable = run.target.load(artifact.path, manifest)
                     result["accuracy"] = self.measure_accuracy(run, runnable)
             except Exception as exc:  # a runtime that cannot run its own artifact is an export failure
@@ -104,7 +123,10 @@ class ExportRun:
             if result["accuracy"]["failure"]:
                 result["status"] = "failed"
         if self.cfg.latency.enabled:
-            result["latency_by_device"] = [self.measure_latency(d, bundle, recipe.id) for d in self.devices]
+            with timed(timings, "latency"):
+                result["latency_by_device"] = [
+                    self.measure_latency(d, bundle, recipe.id) for d in self.devices
+                ]
             result["latency"] = result["latency_by_device"][0]
         manifest.update(validation=result["accuracy"], latency=result["latency_by_device"])
         write_manifest(bundle, manifest)
@@ -152,6 +174,7 @@ class ExportRun:
 
 def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dict[str, Any], int]:
     """Run a whole export; returns (report, exit code). Raises EdgeExportError for usage errors."""
+    started = time.perf_counter()
     progress = progress or Progress(enabled=False)
     run = ExportRun(cfg, progress)  # ids, data file, devices: checked before anything is written
     staged = StagedOutput(cfg.out, cfg.force)
@@ -165,6 +188,7 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dic
             "versions": tool_versions(),
             "validation_data": run.text.origin,
             "devices": [d.info() for d in run.devices],
+            "run": {**run.timings, "wall_s": round(time.perf_counter() - started, 3), "peak_rss_mb": peak_rss_mb()},
             "results": results,
         }  # fmt: skip
         write_report(staged.path, report)

@@ -40,6 +40,7 @@ def new_result(target: str, recipe_id: str, precision: str) -> dict[str, Any]:
         "latency": None,
         "latency_by_device": [],
         "error": None,
+        "timings_s": {},
     }
 
 

@@ -81,6 +81,15 @@ def test_minilm_graph_is_clean_and_dynamic(minilm_run: tuple[int, Path]) -> None
         np.testing.assert_allclose(np.linalg.norm(out["sentence_embedding"], axis=1), 1.0, atol=1e-4)
 
 
+def test_minilm_timings_and_export_memory(minilm_run: tuple[int, Path]) -> None:
+    report = load_report(minilm_run[1])
+    run = report["run"]
+    assert run["wall_s"] >= run["load_s"] + run["reference_s"] > 0
+    assert run["peak_rss_mb"] > 300  # torch + the model live in the exporting process
+    timings = _result(report, "onnx:int8-static")["timings_s"]
+    assert set(timings) == {"export", "validate", "latency"} and all(v > 0 for v in timings.values())
+
+
 def test_minilm_latency_fields(minilm_run: tuple[int, Path]) -> None:
     latency = _result(load_report(minilm_run[1]), "onnx:fp32")["latency"]
     assert latency["device"] == "local" and latency["iterations"] == 3
