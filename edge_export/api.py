@@ -80,23 +80,18 @@ def read_bundle(bundle: Path) -> dict[str, Any]:
 def bench_inputs(bundle: Path, manifest: dict[str, Any], lat: LatencyConfig) -> dict[str, np.ndarray]:
     """Real-text inputs from the bundle's own tokenizer (hashed ids when it has none)."""
     from edge_export.exporter.textdata import builtin_text
+    from edge_export.validation.cases import latency_feeds, latency_text
 
-    passage = " ".join([builtin_text().passage] * 4)
     decoder = manifest["io"]["kind"] == "decoder"
     limit = lat.prompt_tokens if decoder else lat.sequence_length
     try:
         from transformers import AutoTokenizer
 
-        ids = AutoTokenizer.from_pretrained(str(bundle))(passage)["input_ids"][:limit]
+        ids = AutoTokenizer.from_pretrained(str(bundle))(latency_text(builtin_text()))["input_ids"][:limit]
     except (OSError, ValueError, TypeError):
         ids = [5 + i % 90 for i in range(limit)]
-    if decoder:
-        return {"prompt_ids": np.array(ids, dtype=np.int64)}
-    row = np.tile(np.array(ids, dtype=np.int64), (lat.batch_size, 1))
-    feeds = {"input_ids": row, "attention_mask": np.ones_like(row)}
-    if any(t["name"] == "token_type_ids" for t in manifest["io"]["inputs"]):
-        feeds["token_type_ids"] = np.zeros_like(row)
-    return feeds
+    token_types = any(t["name"] == "token_type_ids" for t in manifest["io"]["inputs"])
+    return latency_feeds(ids, lat.batch_size, decoder, token_types)
 
 
 def bench(bundle: Path, devices: list[str], lat: LatencyConfig) -> tuple[dict[str, Any], int]:

@@ -75,9 +75,17 @@ def file_hashes(bundle: Path) -> dict[str, str]:
     }
 
 
-def write_manifest(bundle: Path, manifest: dict[str, Any]) -> Path:
-    """Write manifest.json with the schema id and the sha256 of every other file."""
-    data = {"schema": MANIFEST_SCHEMA, **manifest, "files": file_hashes(bundle)}
+def write_manifest(bundle: Path, manifest: dict[str, Any], hashes: dict[str, str] | None = None) -> Path:
+    """Write manifest.json with the schema id and the sha256 of every other file.
+
+    Pass `hashes` (from file_hashes) when rewriting a manifest whose files did not change: hashing
+    a large model again costs seconds.
+    """
+    data = {
+        "schema": MANIFEST_SCHEMA,
+        **manifest,
+        "files": hashes if hashes is not None else file_hashes(bundle),
+    }
     path = bundle / "manifest.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path

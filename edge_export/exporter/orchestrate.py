@@ -17,8 +17,8 @@ from edge_export.config import ExportConfig
 from edge_export.devices import get_device
 from edge_export.devices.agent.measure import peak_rss_mb
 from edge_export.devices.base import Device
-from edge_export.errors import EdgeExportError, ExportError, InputError, Interrupted
-from edge_export.exporter.bundle import StagedOutput, write_manifest
+from edge_export.errors import ExportError, InputError, Interrupted
+from edge_export.exporter.bundle import StagedOutput, file_hashes, write_manifest
 from edge_export.exporter.loading import prepare
 from edge_export.exporter.plan import PlannedRun, plan_runs
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
@@ -99,7 +99,8 @@ class ExportRun:
             return result
         manifest = self._manifest(run, artifact)
         self.model.save_tokenizer(bundle)
-        write_manifest(bundle, manifest)
+        hashes = file_hashes(bundle)
+        write_manifest(bundle, manifest, hashes)
         result.update(bundle=str(bundle.name), artifact=f"{bundle.name}/{artifact.path.name}",
                       size_bytes=sum(f.stat().st_size for f in artifact.files))  # fmt: skip
         result["inspect"] = run.target.inspect(artifact.path)
@@ -129,7 +130,7 @@ class ExportRun:
                 ]
             result["latency"] = result["latency_by_device"][0]
         manifest.update(validation=result["accuracy"], latency=result["latency_by_device"])
-        write_manifest(bundle, manifest)
+        write_manifest(bundle, manifest, hashes)
         return result
 
     def _manifest(self, run: PlannedRun, artifact: Artifact) -> dict[str, Any]:
@@ -196,7 +197,7 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dic
     except KeyboardInterrupt as exc:
         staged.discard()
         raise Interrupted("interrupted; nothing was written", hint="run the command again") from exc
-    except (EdgeExportError, Exception):
+    except Exception:
         staged.discard()
         raise
     return report, exit_code(results)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ class PreparedModel:
     sha256: str
     config: Any = None
     max_positions: int = 512
-    notes: list[str] = field(default_factory=list)
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         """Example positional inputs for torch.export; sizes avoid 0/1 specialisation."""

@@ -157,13 +157,24 @@ def calibration_set(model: PreparedModel, text: TextData, count: int, length: in
     return CalibrationSet(feeds, f"{len(feeds)} samples of {length} tokens from {text.origin}")
 
 
-def latency_inputs(model: PreparedModel, text: TextData, batch: int, tokens: int) -> dict[str, np.ndarray]:
-    """Encoders: one [batch, tokens] feed of real text. Decoders: a `tokens`-long prompt."""
-    ids = encode(model, " ".join([text.passage] * 4), tokens, special=model.io.kind == "encoder")
-    if model.io.kind == "decoder":
+def latency_text(text: TextData) -> str:
+    """Text long enough for any latency shape (the passage repeated)."""
+    return " ".join([text.passage] * 4)
+
+
+def latency_feeds(ids: list[int], batch: int, decoder: bool, token_types: bool) -> dict[str, np.ndarray]:
+    """Encoders: one [batch, len(ids)] feed. Decoders: the ids as a prompt for generate mode."""
+    if decoder:
         return {"prompt_ids": np.array(ids, dtype=np.int64)}
-    row = np.array(ids, dtype=np.int64)
-    feeds = {"input_ids": np.tile(row, (batch, 1)), "attention_mask": np.ones((batch, len(ids)), np.int64)}
-    if "token_type_ids" in model.io.input_names:
-        feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+    rows = np.tile(np.array(ids, dtype=np.int64), (batch, 1))
+    feeds = {"input_ids": rows, "attention_mask": np.ones_like(rows)}
+    if token_types:
+        feeds["token_type_ids"] = np.zeros_like(rows)
     return feeds
+
+
+def latency_inputs(model: PreparedModel, text: TextData, batch: int, tokens: int) -> dict[str, np.ndarray]:
+    """Latency inputs of `tokens` real-text tokens for a prepared model."""
+    decoder = model.io.kind == "decoder"
+    ids = encode(model, latency_text(text), tokens, special=not decoder)
+    return latency_feeds(ids, batch, decoder, "token_type_ids" in model.io.input_names)

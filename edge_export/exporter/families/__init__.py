@@ -48,8 +48,3 @@ def family_for(model_type: str) -> Family:
         f"unsupported architecture '{model_type}'",
         hint=f"supported model types are {supported}",
     )
-
-
-def supported_model_types() -> dict[str, tuple[str, ...]]:
-    """Family name -> model types, for help texts and `targets --json`."""
-    return {f.name: f.model_types for f in _families()}

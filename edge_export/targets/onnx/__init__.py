@@ -28,8 +28,8 @@ class OnnxTarget:
 
     def __init__(self) -> None:
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
-        self._base: dict[tuple[str, str], Path] = {}
-        self._exporter: dict[tuple[str, str], str] = {}
+        # (model sha256, task) -> the clean fp32 export and the facts recorded about it
+        self._base: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
 
     def recipes(self) -> list[Recipe]:
         """onnx:fp32, fp16, int8-dynamic, int8-static, int4-weight."""
@@ -64,7 +64,7 @@ class OnnxTarget:
                 hint=f"use one of {', '.join(_CALIBRATION)}",
             )
 
-    def _base_model(self, model: PreparedModel) -> Path:
+    def _base_model(self, model: PreparedModel) -> tuple[Path, dict[str, Any]]:
         """The clean fp32 export, made once per model and shared by every recipe."""
         from edge_export.targets.onnx.graph import (
             load_proto,
@@ -83,14 +83,14 @@ class OnnxTarget:
             raw = folder / "raw" / "model.onnx"
             raw.parent.mkdir()
             try:
-                self._exporter[key] = torch_to_onnx(model, raw)
+                exporter = torch_to_onnx(model, raw)
             except Exception as exc:
                 raise ExportError(self.name, "export", _first_line(exc)) from exc
             proto = load_proto(raw)
             retie_transposed_copies(proto)
             save_clean(proto, folder / "model.onnx")
             shutil.rmtree(raw.parent)
-            self._base[key] = folder / "model.onnx"
+            self._base[key] = (folder / "model.onnx", {"exporter": exporter, "base_opset": _opset(proto)})
         return self._base[key]
 
     def export(
@@ -101,19 +101,18 @@ class OnnxTarget:
         workdir: Path,
     ) -> Artifact:
         """Export (cached fp32 base), apply the recipe, save a clean model.onnx in workdir."""
-        import onnx
         from edge_export.targets.onnx import quantize
         from edge_export.targets.onnx.graph import save_clean
 
         recipe = resolve_auto_options(recipe, model)
-        base = self._base_model(model)
+        base, facts = self._base_model(model)
         out = workdir / "model.onnx"
-        details: dict[str, Any] = {"exporter": self._exporter[(model.sha256, model.task)]}
+        details: dict[str, Any] = {"exporter": facts["exporter"]}
         if recipe.name == "fp32":  # the base is already clean: ship it as it is
             files = [
                 Path(shutil.copy2(f, workdir / f.name)) for f in sorted(base.parent.glob(base.name + "*"))
             ]
-            details.update(opset=_opset(onnx.load_model(str(out), load_external_data=False)))
+            details.update(opset=facts["base_opset"])
             return Artifact(self.name, recipe, out, files, details | {"options": dict(recipe.options)})
         try:
             if recipe.name == "int8-static":
