@@ -87,7 +87,8 @@ def bench_inputs(bundle: Path, manifest: dict[str, Any], lat: LatencyConfig) -> 
     try:
         from transformers import AutoTokenizer
 
-        ids = AutoTokenizer.from_pretrained(str(bundle))(latency_text(builtin_text()))["input_ids"][:limit]
+        tokenizer = AutoTokenizer.from_pretrained(str(bundle))
+        ids = tokenizer(latency_text(builtin_text()), truncation=True, max_length=limit)["input_ids"]
     except (OSError, ValueError, TypeError):
         ids = [5 + i % 90 for i in range(limit)]
     token_types = any(t["name"] == "token_type_ids" for t in manifest["io"]["inputs"])
