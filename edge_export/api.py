@@ -107,6 +107,8 @@ def bench(bundle: Path, devices: list[str], lat: LatencyConfig) -> tuple[dict[st
     for name in devices or ["local"]:
         result["latency_by_device"].append(latency_entry(get_device(name), bundle, inputs, lat, decoder))
     result["latency"] = result["latency_by_device"][0] if result["latency_by_device"] else None
+    if result["latency_by_device"] and all(e.get("not_run") for e in result["latency_by_device"]):
+        result["status"] = "not_run"
     return single_result_report(manifest, result)
 
 

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--trust-remote-code", action="store_true", default=None, help="allow the model's own code"
     )
+    exp.add_argument(
+        "--require-full-delegation",
+        action="store_true",
+        default=None,
+        help="fail a result when any operator runs outside the accelerator delegate",
+    )
     exp.add_argument("--no-validate", action="store_true", help="skip accuracy validation")
     exp.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     _latency_flags(exp)
@@ -101,6 +107,7 @@ def _export_config(args: argparse.Namespace) -> Any:
         "model": args.model, "task": args.task, "targets": args.targets, "quantize": args.quantize,
         "recipes": args.recipes, "out": args.out, "force": args.force, "allow_pickle": args.allow_pickle,
         "trust_remote_code": args.trust_remote_code, "devices": args.devices,
+        "require_full_delegation": args.require_full_delegation,
     }  # fmt: skip
     nested = _nested_flags(args)
     if args.no_validate:

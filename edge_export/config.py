@@ -55,6 +55,7 @@ class ExportConfig(_Strict):
     allow_pickle: bool = False
     trust_remote_code: bool = False
     revision: str | None = None
+    require_full_delegation: bool = False
     devices: list[str] = Field(default_factory=lambda: ["local"])
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)

@@ -90,3 +90,8 @@ class Interrupted(EdgeExportError):
     """The run was interrupted (Ctrl-C); nothing was written at OUT."""
 
     exit_code = 130
+
+
+class NotRunnableHere(Exception):
+    """An artifact that is valid but whose runtime cannot exist on this machine (a Core ML
+    delegate on Linux). Results say "not run here" instead of inventing numbers."""

@@ -132,3 +132,31 @@ def smollm2_run(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) ->
     argv = ["export", smollm2_gguf, "--out", out, *[a for r in recipes for a in ("--recipe", r)], *FAST]
     code, _, _ = run_cli(argv)
     return code, out
+
+
+@pytest.fixture(scope="session")
+def et_minilm_run(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> tuple[int, Path]:
+    """The real MiniLM to ExecuTorch/XNNPACK fp32, int8 (PT2E dynamic) and 8da4w, once per session."""
+    out = tmp_path_factory.mktemp("et-minilm") / "out"
+    argv = [
+        "export",
+        minilm_dir,
+        "--out",
+        out,
+        "--target",
+        "executorch",
+        "--quantize",
+        "fp32,int8,int4",
+        *FAST,
+    ]
+    code, _, _ = run_cli(argv)
+    return code, out
+
+
+@pytest.fixture(scope="session")
+def et_smollm2_run(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> tuple[int, Path]:
+    """The real SmolLM2 (GGUF) to ExecuTorch fp32 and 8da4w with a static KV cache, once per session."""
+    out = tmp_path_factory.mktemp("et-smollm2") / "out"
+    argv = ["export", smollm2_gguf, "--out", out, "--target", "executorch", "--quantize", "fp32,int4", *FAST]
+    code, _, _ = run_cli(argv)
+    return code, out

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_export.devices.base import RunResult
-from edge_export.errors import DeviceError
+from edge_export.errors import DeviceError, NotRunnableHere
 
 _RUNTIMES = {"onnxruntime": "onnxruntime", "executorch": "executorch", "ai-edge-litert": "ai_edge_litert"}
 
@@ -95,6 +95,8 @@ class LocalDevice:
         timings = json.loads(timings_file.read_text())
         if "error" in timings:
             err = timings["error"]
+            if err["type"] == "NotRunnableHere":
+                raise NotRunnableHere(err["message"])
             raise DeviceError(
                 self.name, f"{err['type']}: {err['message']}",
                 command=command, returncode=proc.returncode, stderr=proc.stderr,

@@ -24,6 +24,7 @@ def _quiet_transformers() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("torch").setLevel(logging.ERROR)
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # probes for CUDA-only kernels on import
     warnings.filterwarnings("ignore", category=UserWarning)
 
 

@@ -17,13 +17,14 @@ from edge_export.config import ExportConfig
 from edge_export.devices import get_device
 from edge_export.devices.agent.measure import peak_rss_mb
 from edge_export.devices.base import Device
-from edge_export.errors import ExportError, InputError, Interrupted
+from edge_export.errors import ExportError, InputError, Interrupted, NotRunnableHere
 from edge_export.exporter.bundle import StagedOutput, file_hashes, write_manifest
 from edge_export.exporter.loading import prepare
 from edge_export.exporter.plan import PlannedRun, plan_runs
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.exporter.source import resolve
 from edge_export.exporter.textdata import TextData, load_text
+from edge_export.quiet import native_stderr_captured
 from edge_export.report.progress import Progress
 from edge_export.report.schema import REPORT_SCHEMA, exit_code, new_result, tool_versions, write_report
 from edge_export.targets.base import Artifact
@@ -65,6 +66,8 @@ class ExportRun:
             model = prepare(source, cfg.task, trust_remote_code=cfg.trust_remote_code)
         for run in self.plan:
             run.target.check(model, run.recipe)
+            if cfg.require_full_delegation and hasattr(run.target, "check_full_delegation"):
+                run.target.check_full_delegation(model, run.recipe)
         if cfg.validation.enabled:
             with (
                 self.progress.task("computing PyTorch reference outputs"),
@@ -103,13 +106,20 @@ class ExportRun:
         write_manifest(bundle, manifest, hashes)
         result.update(bundle=str(bundle.name), artifact=f"{bundle.name}/{artifact.path.name}",
                       size_bytes=sum(f.stat().st_size for f in artifact.files))  # fmt: skip
-        result["inspect"] = run.target.inspect(artifact.path)
+        result["inspect"] = run.target.inspect(artifact.path, artifact.details)
         result["status"] = "passed"
         if self.validator is not None:
             try:
-                with self.progress.task(f"{recipe.id}: validating"), timed(timings, "validate"):
+                with (
+                    self.progress.task(f"{recipe.id}: validating"),
+                    timed(timings, "validate"),
+                    native_stderr_captured(),  # native runtimes log per call on fd 2
+                ):
                     runnable = run.target.load(artifact.path, manifest)
                     result["accuracy"] = self.measure_accuracy(run, runnable)
+            except NotRunnableHere as exc:
+                result["status"] = "not_run"
+                result["accuracy"] = {"measured_on": None, "not_run": str(exc), "metrics": {}, "gates": []}
             except Exception as exc:  # a runtime that cannot run its own artifact is an export failure
                 result["status"] = "error"
                 message = (
@@ -121,8 +131,9 @@ class ExportRun:
                     "message": message.splitlines()[0],
                 }
                 return result
-            if result["accuracy"]["failure"]:
+            if result["accuracy"].get("failure"):
                 result["status"] = "failed"
+        self._check_residency(result)
         if self.cfg.latency.enabled:
             with timed(timings, "latency"):
                 result["latency_by_device"] = [
@@ -133,6 +144,19 @@ class ExportRun:
         write_manifest(bundle, manifest, hashes)
         return result
 
+    def _check_residency(self, result: dict[str, Any]) -> None:
+        """--require-full-delegation: anything on the CPU fallback fails the result."""
+        residency = result["inspect"].get("residency")
+        if not self.cfg.require_full_delegation or residency is None or residency["fully_delegated"]:
+            return
+        ops = ", ".join(f"{op} x{n}" for op, n in list(residency["fallback_by_op"].items())[:6])
+        message = (
+            f"{result['recipe']}: {residency['fallback_ops']} operators run outside the delegate ({ops})"
+        )
+        result["status"] = "failed"
+        result.setdefault("accuracy", {})["failure"] = message
+        result["residency_failure"] = message
+
     def _manifest(self, run: PlannedRun, artifact: Artifact) -> dict[str, Any]:
         model = self.model
         return {
@@ -142,7 +166,7 @@ class ExportRun:
             "target": run.target.name,
             "recipe": artifact.recipe.to_dict(),  # options as resolved for this model
             "artifact": artifact.path.name,
-            "io": model.io.to_dict(),
+            "io": artifact.io or model.io.to_dict(),
             "runtime": {"name": {"onnx": "onnxruntime"}.get(run.target.name, run.target.name),
                         "extra": run.target.extra},
             "export": artifact.details,

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_export.config import ExportConfig
-from edge_export.errors import InputError
+from edge_export.errors import InputError, NotRunnableHere
 from edge_export.exporter.orchestrate import ExportRun
 from edge_export.exporter.plan import PlannedRun
 from edge_export.report.progress import Progress
@@ -38,8 +38,12 @@ def revalidate(
         bundle=str(bundle), artifact=manifest["artifact"], size_bytes=artifact.stat().st_size, status="passed"
     )
     if run.validator is not None:
-        result["accuracy"] = run.measure_accuracy(planned, planned.target.load(artifact, manifest))
-        if result["accuracy"]["failure"]:
+        try:
+            result["accuracy"] = run.measure_accuracy(planned, planned.target.load(artifact, manifest))
+        except NotRunnableHere as exc:
+            result["status"] = "not_run"
+            result["accuracy"] = {"measured_on": None, "not_run": str(exc), "metrics": {}, "gates": []}
+        if result["accuracy"].get("failure"):
             result["status"] = "failed"
     if cfg.latency.enabled:
         result["latency_by_device"] = [run.measure_latency(d, bundle, recipe.id) for d in run.devices]

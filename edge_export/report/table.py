@@ -12,10 +12,14 @@ def _accuracy_cell(result: dict[str, Any]) -> str:
     accuracy = result.get("accuracy")
     if not accuracy:
         return "-"
+    if accuracy.get("not_run"):
+        return f"[yellow]{accuracy['not_run']}[/yellow]"
     metrics = accuracy["metrics"]
     shown = [f"{k}={metrics[k]:.4g}" for k in _KEY_METRICS if k in metrics][:3]
     failed = [g["metric"] for g in accuracy["gates"] if not g["passed"]]
     text = "\n".join(shown)
+    if result.get("residency_failure"):
+        text += "\n[red]not fully delegated[/red]"
     return text + (f"\n[red]failed: {', '.join(failed)}[/red]" if failed else "")
 
 
@@ -24,6 +28,8 @@ def _latency_cell(result: dict[str, Any]) -> str:
     for entry in result.get("latency_by_device") or []:
         if "error" in entry:
             lines.append(f"{entry['device']}: [red]error[/red]")
+        elif entry.get("not_run"):
+            lines.append(f"{entry['device']}: [yellow]not run here[/yellow]")
         elif "decode_tokens_per_s" in entry:
             lines.append(
                 f"{entry['device']}: ttft {entry['ttft_ms']:.1f} ms, {entry['decode_tokens_per_s']:.1f} tok/s"
@@ -42,7 +48,7 @@ def render(report: dict[str, Any]) -> Any:
     table = Table(title=f"edge-export: {model['source']} ({model['task']})")
     for column in ("target", "recipe", "status", "size MB", "accuracy", "latency"):
         table.add_column(column)
-    colours = {"passed": "green", "failed": "red", "error": "red"}
+    colours = {"passed": "green", "failed": "red", "error": "red", "not_run": "yellow"}
     for result in report["results"]:
         size = f"{result['size_bytes'] / 1e6:.1f}" if result.get("size_bytes") else "-"
         status = f"[{colours[result['status']]}]{result['status']}[/]"

@@ -96,6 +96,8 @@ class Artifact:
     path: Path
     files: list[Path]
     details: dict[str, Any] = field(default_factory=dict)
+    # The IO the artifact exposes when it differs from the prepared model's (e.g. a stateful LM).
+    io: dict[str, Any] | None = None
 
 
 @runtime_checkable
@@ -141,8 +143,8 @@ class Target(Protocol):
         """Load an artifact into the host runtime."""
         ...
 
-    def inspect(self, artifact_path: Path) -> dict[str, Any]:
-        """Operators, residency and sizes of an artifact."""
+    def inspect(self, artifact_path: Path, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Operators, residency and sizes of an artifact (`details`: what export recorded)."""
         ...
 
 
@@ -151,9 +153,11 @@ def _discover() -> dict[str, Target]:
     for ep in sorted(entry_points(group="edge_export.targets"), key=lambda e: e.name):
         found[ep.name] = ep.load()()
     if "onnx" not in found:  # running from a source tree without installed metadata
+        from edge_export.targets.executorch import ExecutorchTarget
         from edge_export.targets.onnx import OnnxTarget
 
         found["onnx"] = OnnxTarget()
+        found["executorch"] = ExecutorchTarget()
     return found
 
 

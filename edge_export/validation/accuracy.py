@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_export.devices.agent.lm import KVCacheSession, greedy_generate, perplexity, token_logits
+from edge_export.devices.agent.lm import greedy_generate, perplexity, session_for, token_logits
 from edge_export.exporter.prepared import PreparedModel
 from edge_export.exporter.textdata import TextData
 from edge_export.targets.base import Runnable
@@ -51,13 +51,44 @@ class Validator:
             self.ref_lm = self._lm_measure(reference)
 
     def _lm_measure(self, runnable: Runnable) -> dict[str, Any]:
-        io = self.model.io.to_dict()
-        session = KVCacheSession(runnable.run, io)
-        ids = encode(self.model, self.text.passage, min(self.model.max_positions, 512))
+        session = session_for(runnable, self.model.io.to_dict())
+        limit = min(self.model.max_positions, 512, session.capacity or 512)
+        ids = encode(self.model, self.text.passage, limit)
         logits = token_logits(session, ids)
         prompt = encode(self.model, self.text.samples[0], 64)
         generated = greedy_generate(session, prompt, self.generate_tokens)
         return {"ids": ids, "logits": logits, "ppl": perplexity(logits, ids), "generated": generated}
+
+    def _case_outputs(self, candidate: Runnable) -> tuple[list[tuple[Case, dict, dict]], dict[str, str]]:
+        """(case, reference, candidate outputs) for every case the candidate can run.
+
+        Stateful LM programs (a static KV cache inside, batch 1) run the batch-1 prefill case as
+        one prefill and again as prefill + single-token decode steps; batch-2 cases do not apply.
+        """
+        session = candidate.lm_session() if hasattr(candidate, "lm_session") else None
+        if session is None:
+            return [
+                (c, r, candidate.run(c.feeds)) for c, r in zip(self.cases, self.ref_outputs, strict=True)
+            ], {}
+        triples, skipped = [], {}
+        for case, ref_out in zip(self.cases, self.ref_outputs, strict=True):
+            ids = case.feeds["input_ids"]
+            if ids.shape[0] != 1 or case.name != "batch1-prefill":
+                skipped[case.name] = "the program runs batch 1 with its cache inside"
+                continue
+            ids = ids[:, : session.capacity] if session.capacity else ids
+            part = Case(case.name, {"input_ids": ids}, case.valid[:, : ids.shape[1]])
+            ref_part = {k: v[:, : ids.shape[1]] for k, v in ref_out.items() if k == "logits"}
+            session.reset()
+            triples.append((part, ref_part, {"logits": session.step(ids)}))
+            split = max(1, ids.shape[1] - 8)
+            session.reset()
+            steps = [session.step(ids[:, :split])] + [
+                session.step(ids[:, i : i + 1]) for i in range(split, ids.shape[1])
+            ]
+            decode = Case("batch1-prefill-then-decode", part.feeds, part.valid)
+            triples.append((decode, ref_part, {"logits": np.concatenate(steps, axis=1)}))
+        return triples, skipped
 
     def measure(self, candidate: Runnable) -> AccuracyResult:
         """Every metric that applies to the model's task, plus per-case numbers."""
@@ -65,8 +96,8 @@ class Validator:
         per_case: dict[str, dict[str, float]] = {}
         agg: dict[str, list[float]] = {"max_abs_error": [], "sqnr_db": [], "cosine_min": []}
         task_values: list[float] = []
-        for case, ref_out in zip(self.cases, self.ref_outputs, strict=True):
-            cand_out = candidate.run(case.feeds)
+        triples, skipped = self._case_outputs(candidate)
+        for case, ref_out, cand_out in triples:
             ref, cand = ref_out[primary], np.asarray(cand_out[primary], dtype=np.float32)
             valid = _valid_for(ref, case)
             row = {
@@ -87,6 +118,8 @@ class Validator:
         if task_metric:
             result[task_metric] = min(task_values)
         details: dict[str, Any] = {"cases": per_case, "text": self.text.origin}
+        if skipped:
+            details["cases_not_applicable"] = skipped
         if self.model.io.kind == "decoder":
             lm_metrics, lm_details = self._lm_compare(candidate)
             result.update(lm_metrics)
@@ -119,6 +152,14 @@ class Validator:
     def _lm_compare(self, candidate: Runnable) -> tuple[dict[str, float], dict[str, Any]]:
         cand = self._lm_measure(candidate)
         ref = self.ref_lm
+        if len(cand["ids"]) < len(ref["ids"]):  # a smaller cache: compare on the same prefix
+            count = len(cand["ids"])
+            logits = ref["logits"][:count]
+            ref = ref | {
+                "ids": ref["ids"][:count],
+                "logits": logits,
+                "ppl": perplexity(logits, ref["ids"][:count]),
+            }
         agreement = m.top1_agreement(ref["logits"], cand["logits"])
         delta = 100.0 * (cand["ppl"] - ref["ppl"]) / ref["ppl"]
         match = m.matching_prefix(ref["generated"], cand["generated"])

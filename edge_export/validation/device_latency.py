@@ -9,7 +9,7 @@ import numpy as np
 
 from edge_export.config import LatencyConfig
 from edge_export.devices.base import Device
-from edge_export.errors import DeviceError
+from edge_export.errors import DeviceError, NotRunnableHere
 from edge_export.validation.latency import decode_rate, summarize
 
 
@@ -24,6 +24,8 @@ def latency_entry(
         )
     except DeviceError as exc:
         return {"device": device.name, "error": {"type": "DeviceError", "message": exc.one_line()}}
+    except NotRunnableHere as exc:  # a valid bundle this device cannot execute: no numbers, no failure
+        return {"device": device.name, "not_run": str(exc)}
     entry: dict[str, Any] = {
         "device": device.name,
         **summarize(res.latencies_ms),

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .lm import KVCacheSession, greedy_generate
+from .lm import greedy_generate, session_for
 from .measure import now_ms, peak_rss_mb
 from .runtimes import MissingRuntime, load_bundle
 
@@ -37,7 +37,7 @@ def _graph_mode(model: Any, feeds: dict[str, np.ndarray], args: argparse.Namespa
 def _generate_mode(
     model: Any, manifest: dict[str, Any], feeds: dict[str, np.ndarray], args: argparse.Namespace
 ) -> dict[str, Any]:
-    session = KVCacheSession(model.run, manifest["io"])
+    session = session_for(model, manifest["io"])
     prompt = [int(t) for t in feeds["prompt_ids"].reshape(-1)]
     ttft, decode_ms, tokens = [], [], []
     for round_index in range(args.warmup + args.iterations):
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         if hasattr(model, "providers"):
             report["providers"] = model.providers()
     except MissingRuntime as exc:
-        report["error"] = {"type": "MissingRuntime", "message": str(exc)}
+        report["error"] = {"type": type(exc).__name__, "message": str(exc)}
         code = 3
     except Exception as exc:  # the host reads the error from timings.json
         report["error"] = {"type": type(exc).__name__, "message": str(exc).splitlines()[0][:500]}

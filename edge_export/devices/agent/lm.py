@@ -27,6 +27,7 @@ class KVCacheSession:
         self._empty = np.zeros((1, cache["kv_heads"], 0, cache["head_dim"]), dtype=np.float32)
         self.past: dict[str, np.ndarray] = {}
         self.length = 0
+        self.capacity: int | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -51,8 +52,45 @@ class KVCacheSession:
         return np.asarray(out["logits"])
 
 
+class StaticCacheSession:
+    """Batch-1 decoding for programs that keep their KV cache inside (ExecuTorch .pte).
+
+    `run(input_ids [1, n], cache_position [n]) -> logits [1, n, vocab]`; reset only rewinds the
+    position because every call overwrites the cache from its start position on.
+    """
+
+    def __init__(self, run: Callable[[np.ndarray, np.ndarray], np.ndarray], capacity: int | None) -> None:
+        self._run = run
+        self.capacity = capacity
+        self.length = 0
+
+    def reset(self) -> None:
+        """The next step is a prefill at position 0."""
+        self.length = 0
+
+    def step(self, token_ids: np.ndarray) -> np.ndarray:
+        """Feed tokens [1, n] at the next positions; returns logits [1, n, vocab]."""
+        token_ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
+        count = token_ids.shape[1]
+        if self.capacity is not None and self.length + count > self.capacity:
+            raise ValueError(f"{self.length + count} tokens exceed the program's cache of {self.capacity}")
+        positions = np.arange(self.length, self.length + count, dtype=np.int64)
+        logits = np.asarray(self._run(token_ids, positions))
+        self.length += count
+        return logits.reshape(1, count, -1)
+
+
+Session = KVCacheSession | StaticCacheSession
+
+
+def session_for(model: Any, io: Mapping[str, Any]) -> Session:
+    """The model's own session when it keeps state inside, else one over explicit past/present."""
+    own = model.lm_session() if hasattr(model, "lm_session") else None
+    return own if own is not None else KVCacheSession(model.run, io)
+
+
 def greedy_generate(
-    session: KVCacheSession,
+    session: Session,
     prompt: list[int],
     max_new_tokens: int,
     eos_token_id: int | None = None,
@@ -73,7 +111,7 @@ def greedy_generate(
     return generated
 
 
-def token_logits(session: KVCacheSession, token_ids: list[int], chunk: int = 256) -> np.ndarray:
+def token_logits(session: Session, token_ids: list[int], chunk: int = 256) -> np.ndarray:
     """Logits [n, vocab] for every position of a text, fed in chunks through the cache."""
     session.reset()
     parts = [session.step(np.array(token_ids[i : i + chunk]))[0] for i in range(0, len(token_ids), chunk)]

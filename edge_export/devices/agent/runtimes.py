@@ -11,6 +11,10 @@ class MissingRuntime(Exception):
     """The runtime a bundle needs is not installed on this device."""
 
 
+class NotRunnableHere(MissingRuntime):
+    """The bundle's runtime cannot exist on this kind of machine (a Core ML delegate off Apple)."""
+
+
 def read_manifest(bundle: Path) -> dict[str, Any]:
     """The bundle's manifest.json."""
     return json.loads((bundle / "manifest.json").read_text())
@@ -29,4 +33,15 @@ def load_bundle(bundle: Path, threads: int | None = None) -> tuple[Any, dict[str
         except ImportError as exc:
             raise MissingRuntime("onnxruntime is not installed on this device") from exc
         return OnnxModel(artifact, threads), manifest, f"onnxruntime {version}"
+    if target == "executorch":
+        try:
+            from .executorch_model import ExecutorchModel, host_can_run, runtime_version
+
+            version = runtime_version()
+        except ImportError as exc:
+            raise MissingRuntime("executorch is not installed on this device") from exc
+        reason = host_can_run(manifest)
+        if reason:
+            raise NotRunnableHere(reason)
+        return ExecutorchModel(artifact, manifest, threads), manifest, f"executorch {version}"
     raise MissingRuntime(f"no runtime adapter for target '{target}' on this device")

@@ -141,7 +141,7 @@ class OnnxTarget:
 
         return OnnxModel(artifact_path)
 
-    def inspect(self, artifact_path: Path) -> dict[str, Any]:
+    def inspect(self, artifact_path: Path, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Operator histogram, weight bytes by dtype, opsets, file size."""
         from edge_export.targets.onnx.graph import inspect_graph
 

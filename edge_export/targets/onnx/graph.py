@@ -7,30 +7,13 @@ graph has neither below 2 GB (above it, one external-data file beside the model)
 from __future__ import annotations
 
 import collections
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 from edge_export.exporter.prepared import PreparedModel
+from edge_export.quiet import quiet
 
 INLINE_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GiB cap, with headroom for the graph
-
-
-@contextlib.contextmanager
-def quiet() -> Any:
-    """Silence exporter chatter on stdout (it would corrupt --json output) and its warnings."""
-    buffer = io.StringIO()
-    level = logging.getLogger("torch").level
-    logging.getLogger("torch").setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(buffer), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield buffer
-    finally:
-        logging.getLogger("torch").setLevel(level)
 
 
 OPSET = 18

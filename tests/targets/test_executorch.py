@@ -1,0 +1,299 @@
+"""ExecuTorch target: real models for accuracy, tiny random models for plumbing and failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST, load_report, make_decoder, make_encoder, run_cli
+
+from edge_export.devices.agent.executorch_model import ExecutorchModel
+from edge_export.devices.agent.lm import greedy_generate, session_for
+from edge_export.exporter.bundle import verify_bundle
+
+
+def _result(report: dict, recipe: str) -> dict:
+    return next(r for r in report["results"] if r["recipe"] == recipe)
+
+
+def _metric(result: dict, name: str) -> float:
+    return float(result["accuracy"]["metrics"][name])
+
+
+def _gate(result: dict, name: str) -> dict:
+    return next(g for g in result["accuracy"]["gates"] if g["metric"] == name)
+
+
+# ---- real model: all-MiniLM-L6-v2 -------------------------------------------------------------
+
+
+def test_minilm_executorch_recipes_pass_their_gates(et_minilm_run: tuple[int, Path]) -> None:
+    code, out = et_minilm_run
+    report = load_report(out)
+    assert code == 0, [
+        (r["recipe"], r["error"], r["accuracy"]) for r in report["results"] if r["status"] != "passed"
+    ]
+    fp32 = _result(report, "executorch:xnnpack-fp32")
+    int8 = _result(report, "executorch:xnnpack-int8")
+    int4 = _result(report, "executorch:xnnpack-8da4w")
+    assert _metric(fp32, "embedding_cosine_min") > 0.9999
+    assert _metric(int8, "embedding_cosine_min") >= 0.99
+    assert _metric(int4, "embedding_cosine_min") >= 0.92
+    assert _gate(int8, "embedding_cosine_min")["passed"]
+    assert fp32["size_bytes"] > 2.5 * int8["size_bytes"] and int8["size_bytes"] > int4["size_bytes"]
+
+
+def test_minilm_executorch_bundle_manifest_and_residency(et_minilm_run: tuple[int, Path]) -> None:
+    _, out = et_minilm_run
+    result = _result(load_report(out), "executorch:xnnpack-int8")
+    bundle = out / result["bundle"]
+    manifest = verify_bundle(bundle)
+    assert manifest["target"] == "executorch" and manifest["artifact"] == "model.pte"
+    assert manifest["recipe"]["options"]["max_seq_len"] == 512  # resolved from 0 = automatic
+    assert manifest["io"]["bounds"] == {"batch": 32, "sequence": 512}
+    assert (bundle / "tokenizer.json").is_file()
+    residency = result["inspect"]["residency"]
+    xnn = residency["backends"]["XnnpackBackend"]
+    assert xnn["ops"] > 0 and xnn["delegate_calls"] > 0
+    assert residency["delegated_by_op"]["XnnpackBackend"].get("linear", 0) >= 36  # 6 layers x 6 linears
+    assert xnn["pct"] + residency["fallback_pct"] == pytest.approx(100.0, abs=0.2)
+    assert result["latency"]["p50_ms"] > 0 and result["latency"]["runtime"].startswith("executorch")
+
+
+def test_minilm_pte_runs_dynamic_batch_and_sequence(et_minilm_run: tuple[int, Path]) -> None:
+    _, out = et_minilm_run
+    bundle = out / "executorch-xnnpack-fp32"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    model = ExecutorchModel(bundle / "model.pte", manifest)
+    for batch, seq in ((1, 7), (3, 40)):
+        ids = np.full((batch, seq), 1000, dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        emb = model.run(feeds)["sentence_embedding"]
+        assert emb.shape == (batch, 384)
+        assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)  # Normalize is in the graph
+
+
+# ---- real model: SmolLM2-135M-Instruct ---------------------------------------------------------
+
+
+def test_smollm2_executorch_fp32_and_8da4w(et_smollm2_run: tuple[int, Path]) -> None:
+    code, out = et_smollm2_run
+    report = load_report(out)
+    fp32 = _result(report, "executorch:xnnpack-fp32")
+    int4 = _result(report, "executorch:xnnpack-8da4w")
+    assert code == 0, [(r["recipe"], r["error"], r["accuracy"]["failure"]) for r in report["results"]]
+    assert _metric(fp32, "generation_match") == 1.0
+    assert fp32["accuracy"]["details"]["generated_tokens"] == 32
+    assert abs(_metric(fp32, "perplexity_delta_pct")) < 0.1
+    gate = _gate(int4, "perplexity_delta_pct")
+    assert gate["passed"] and 0 < gate["value"] <= gate["threshold"]
+    assert int4["size_bytes"] <= 0.3 * fp32["size_bytes"]
+    for result in (fp32, int4):
+        assert result["latency"]["decode_tokens_per_s"] > 0 and result["latency"]["ttft_ms"] > 0
+        assert set(result["accuracy"]["details"]["cases_not_applicable"]) == {
+            "batch2-padded-prefill", "batch2-with-past"
+        }  # fmt: skip
+
+
+def test_smollm2_pte_has_llm_runner_metadata(et_smollm2_run: tuple[int, Path]) -> None:
+    _, out = et_smollm2_run
+    bundle = out / "executorch-xnnpack-8da4w"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    model = ExecutorchModel(bundle / "model.pte", manifest)
+    assert model.constant("get_max_seq_len") == [1024]
+    assert model.constant("get_vocab_size") == [49152]
+    assert model.constant("use_kv_cache") == [True]
+    assert model.constant("use_sdpa_with_kv_cache") == [True]
+    assert model.constant("get_bos_id") == [manifest["io"]["extras"]["bos_token_id"]]
+    assert manifest["io"]["extras"]["eos_token_id"] in model.constant("get_eos_ids")
+    ops = load_report(out)["results"][1]["inspect"]["residency"]["fallback_by_op"]
+    assert ops.get("llama::custom_sdpa") == 30 and ops.get("llama::update_cache") == 60
+    assert "quantized_decomposed::embedding_byte" in ops  # int8 embedding kernel, not a dequantize
+
+
+def test_smollm2_pte_generates_like_the_reference(et_smollm2_run: tuple[int, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    _, out = et_smollm2_run
+    bundle = out / "executorch-xnnpack-fp32"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(bundle))
+    session = session_for(ExecutorchModel(bundle / "model.pte", manifest), manifest["io"])
+    prompt = tokenizer("The capital of France is")["input_ids"]
+    tokens = greedy_generate(session, prompt, 6)
+    assert "Paris" in tokenizer.decode(tokens)
+
+
+# ---- tiny models: every recipe and family, plumbing -------------------------------------------
+
+
+def test_tiny_llama_every_xnnpack_recipe(tmp_path: Path, tiny_llama: Path) -> None:
+    out = tmp_path / "out"
+    recipes = ["xnnpack-fp32", "xnnpack-int8", "xnnpack-int8-static", "xnnpack-8da4w"]
+    argv = [
+        "export",
+        tiny_llama,
+        "--out",
+        out,
+        *[a for r in recipes for a in ("--recipe", f"executorch:{r}")],
+    ]
+    code, _, _ = run_cli([*argv, *FAST])
+    report = load_report(out)
+    assert [r["error"] for r in report["results"]] == [None] * 4
+    assert code in (0, 1)  # random weights say nothing about quantized accuracy; the gates decide
+    fp32 = _result(report, "executorch:xnnpack-fp32")
+    assert fp32["status"] == "passed" and _metric(fp32, "generation_match") == 1.0
+    assert _metric(fp32, "max_abs_error") < 1e-4  # prefill and prefill-then-decode against PyTorch
+
+
+def test_tiny_llama_plain_attention_matches_custom_ops(tmp_path: Path, tiny_llama: Path) -> None:
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"recipe_options": {"executorch:xnnpack-fp32": {"custom_ops": False}}}))
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["export", tiny_llama, "--out", out, "--recipe", "executorch:xnnpack-fp32",
+                          "--config", config, "--no-latency"])  # fmt: skip
+    result = load_report(out)["results"][0]
+    assert code == 0, result
+    assert _metric(result, "generation_match") == 1.0
+    assert "llama::custom_sdpa" not in result["inspect"]["residency"]["fallback_by_op"]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "mistral", "phi3", "gemma", "qwen3"])
+def test_tiny_decoder_families_executorch(tmp_path: Path, model_type: str) -> None:
+    folder = make_decoder(tmp_path / "model", model_type)
+    out = tmp_path / "out"
+    code, _, _ = run_cli(
+        ["export", folder, "--out", out, "--recipe", "executorch:xnnpack-fp32", "--no-latency"]
+    )
+    result = load_report(out)["results"][0]
+    assert code == 0, result
+    assert _metric(result, "generation_match") == 1.0
+    assert _metric(result, "max_abs_error") < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("model_type", "task"), [("bert", "fill-mask"), ("distilbert", "text-classification")]
+)
+def test_tiny_encoder_tasks_executorch(tmp_path: Path, minilm_dir: Path, model_type: str, task: str) -> None:
+    folder = make_encoder(tmp_path / "model", model_type, task, minilm_dir)
+    out = tmp_path / "out"
+    code, _, _ = run_cli(
+        ["export", folder, "--out", out, "--recipe", "executorch:xnnpack-int8", "--no-latency"]
+    )
+    result = load_report(out)["results"][0]
+    assert result["error"] is None and code in (0, 1)
+    assert _metric(result, "top1_agreement") >= 0.5  # random weights: plumbing, not accuracy
+
+
+# ---- Core ML delegate: produced here, never run here --------------------------------------------
+
+
+def test_coreml_delegate_is_built_but_not_run_on_linux(tmp_path: Path, tiny_bert: Path) -> None:
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--recipe", "executorch:coreml-fp16",
+                          "--require-full-delegation", *FAST])  # fmt: skip
+    result = load_report(out)["results"][0]
+    assert code == 0, result
+    assert result["status"] == "not_run"
+    assert "not run here" in result["accuracy"]["not_run"] and result["accuracy"]["metrics"] == {}
+    assert result["latency"] == {"device": "local", "not_run": result["accuracy"]["not_run"]}
+    residency = result["inspect"]["residency"]
+    assert residency["fully_delegated"] and residency["backends"]["CoreMLBackend"]["pct"] == 100.0
+    assert (out / result["artifact"]).stat().st_size > 10_000
+
+
+# ---- residency gate, bad input and failures ----------------------------------------------------
+
+
+def test_require_full_delegation_fails_xnnpack_encoder(tmp_path: Path, tiny_bert: Path) -> None:
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--recipe", "executorch:xnnpack-fp32",
+                          "--require-full-delegation", "--no-latency"])  # fmt: skip
+    result = load_report(out)["results"][0]
+    assert code == 1
+    assert result["status"] == "failed"
+    assert "operators run outside the delegate" in result["residency_failure"]
+    assert result["inspect"]["residency"]["fallback_ops"] > 0
+
+
+def test_require_full_delegation_rejects_llm_before_export(
+    tmp_path: Path, tiny_llama: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = [
+        "export",
+        tiny_llama,
+        "--out",
+        out,
+        "--recipe",
+        "executorch:xnnpack-fp32",
+        "--require-full-delegation",
+    ]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and not out.exists()
+    assert "custom SDPA" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"group_size": 48}, "group_size 48 is not supported"),
+     ({"group_size": 256}, "not divisible by group_size 256"),
+     ({"embedding_bits": 2}, "embedding_bits must be 4, 8 or 32"),
+     ({"max_seq_len": 100000}, "max_seq_len 100000 is outside"),
+     ({"blocksize": 32}, "has no option 'blocksize'")],
+)  # fmt: skip
+def test_bad_recipe_options_fail_before_export(
+    tmp_path: Path, tiny_llama: Path, capsys: pytest.CaptureFixture[str], options: dict, message: str
+) -> None:
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"recipe_options": {"executorch:xnnpack-8da4w": options}}))
+    out = tmp_path / "out"
+    argv = ["export", tiny_llama, "--out", out, "--recipe", "executorch:xnnpack-8da4w", "--config", config]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and not out.exists()
+    assert message in err and len(err.strip().splitlines()) <= 2
+
+
+def test_quantizing_a_model_without_linear_layers_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from edge_export.errors import ConfigError
+    from edge_export.targets.base import get_recipe
+    from edge_export.targets.executorch import ExecutorchTarget
+
+    model = SimpleNamespace(hf_model=torch.nn.Sequential(torch.nn.Embedding(10, 4)), max_positions=128)
+    with pytest.raises(ConfigError, match="no linear layers"):
+        ExecutorchTarget().check(model, get_recipe("executorch:xnnpack-int8"))
+
+
+def test_missing_extra_names_the_install(
+    tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_export.targets.executorch import ExecutorchTarget
+
+    monkeypatch.setattr(ExecutorchTarget, "missing_dependency", lambda self: "executorch")
+    code, _, err = run_cli(["export", tiny_bert, "--out", tmp_path / "out", "--target", "executorch"], capsys)
+    assert code == 2 and "edge-export[executorch]" in err
+
+
+def test_lowering_failure_names_the_stage_and_other_targets_still_run(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_export.targets.executorch import lower
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("XNNPACK rejected node aten.foo")
+
+    monkeypatch.setattr(lower, "lower", broken)
+    out = tmp_path / "out"
+    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--target", "onnx,executorch", "--no-latency"])
+    report = load_report(out)
+    assert code == 3
+    onnx, et = _result(report, "onnx:fp32"), _result(report, "executorch:xnnpack-fp32")
+    assert onnx["status"] == "passed"
+    assert et["status"] == "error" and et["error"]["stage"] == "lower"
+    assert "XNNPACK rejected node aten.foo" in et["error"]["message"]
+    assert not (out / "executorch-xnnpack-fp32").exists()
