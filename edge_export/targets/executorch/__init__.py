@@ -51,6 +51,8 @@ class ExecutorchTarget:
                               hint="use 0 for automatic or a length the model supports")  # fmt: skip
         if opts["max_batch_size"] < 1:
             raise ConfigError(f"{recipe.id}: max_batch_size must be at least 1")
+        if opts.get("head_bits", 8) not in (4, 8):
+            raise ConfigError(f"{recipe.id}: head_bits must be 4 or 8")
         if opts.get("embedding_bits", 32) not in _EMBEDDING_BITS:
             raise ConfigError(f"{recipe.id}: embedding_bits must be 4, 8 or 32 (float)")
         if opts.get("minimum_deployment_target", "iOS17") not in _DEPLOYMENT_TARGETS:

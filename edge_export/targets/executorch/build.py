@@ -25,6 +25,7 @@ class ExportSpec:
     io: dict[str, Any]
     kind: str
     embedding: torch.nn.Module | None = None
+    head: torch.nn.Module | None = None
 
 
 def module_for(model: PreparedModel, recipe: Recipe) -> ExportSpec:
@@ -37,7 +38,8 @@ def module_for(model: PreparedModel, recipe: Recipe) -> ExportSpec:
         module = StaticCacheLM(model.hf_model, max_len, custom_ops)
         meta = runner_metadata(model, max_len, custom_ops)
         return ExportSpec(module, module.example_inputs(), module.dynamic_shapes(), meta,
-                          decoder_io(model, max_len), "decoder", module.model.get_input_embeddings())  # fmt: skip
+                          decoder_io(model, max_len), "decoder", module.model.get_input_embeddings(),
+                          module.model.get_output_embeddings())  # fmt: skip
     dim = torch.export.Dim
     batch = dim("batch", min=1, max=int(recipe.options["max_batch_size"]))
     seq = dim("sequence", min=1, max=max_len)
@@ -77,7 +79,7 @@ def quantize(spec: ExportSpec, recipe: Recipe, calibration: CalibrationSet | Non
     if embedding_bits < 32:
         q.torchao_embedding(module, spec.embedding, embedding_bits)
     if recipe.name == "xnnpack-8da4w":
-        q.torchao_linears(module, int(opts["group_size"]))
+        q.torchao_linears(module, int(opts["group_size"]), spec.head, int(opts["head_bits"]))
         return module
     if recipe.name == "xnnpack-int8":
         return q.pt2e_int8(module, spec.example, spec.dynamic_shapes, bool(opts["per_channel"]), None)

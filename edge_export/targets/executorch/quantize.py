@@ -118,11 +118,33 @@ def pt2e_int8(
     return convert_pt2e(prepared)
 
 
-def torchao_linears(module: torch.nn.Module, group_size: int) -> None:
-    """In place: 8da4w linears (int8 dynamic activations, int4 weights in groups), ExecuTorch's config."""
-    from executorch.extension.llm.export.quantize import quantize_model_
+def torchao_linears(
+    module: torch.nn.Module, group_size: int, head: torch.nn.Module | None, head_bits: int
+) -> None:
+    """In place: 8da4w linears (int8 dynamic activations, int4 weights in groups of group_size,
+    ExecuTorch's HQQ scale choice); the LM head at `head_bits` (8: per-channel int8 weights).
 
-    quantize_model_(module, qlinear_config="8da4w", qlinear_group_size=group_size)
+    The head matters most: on SmolLM2 an int4 head gave +16.4% perplexity (next-token agreement
+    0.63), the same model with an 8-bit head is in README's table.
+    """
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, quantize_
+
+    def config(bits: int, granularity: Any) -> Any:
+        return Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=torch.int8 if bits == 8 else torch.int4,
+            weight_granularity=granularity,
+            intx_choose_qparams_algorithm="hqq_scale_only",
+        )
+
+    separate_head = head is not None and head_bits == 8
+    if separate_head:
+        quantize_(module, config(8, PerAxis(0)), filter_fn=lambda m, _fqn: m is head)
+
+    def is_body(m: torch.nn.Module, _fqn: str) -> bool:
+        return isinstance(m, torch.nn.Linear) and not (separate_head and m is head)
+
+    quantize_(module, config(4, PerGroup(group_size)), filter_fn=is_body)
 
 
 def torchao_embedding(module: torch.nn.Module, embedding: torch.nn.Module, bits: int) -> None:

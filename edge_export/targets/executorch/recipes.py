@@ -40,9 +40,9 @@ RECIPES = (
     ),
     Recipe(
         "executorch:xnnpack-8da4w", "int4",
-        "torchao 8da4w: int8 dynamic activations, int4 weights in groups of group_size; "
-        "embeddings int8 per row (embedding_bits 4 or 32 for int4 or float)",
-        options=dict(_COMMON) | {"group_size": 32, "embedding_bits": 8},
+        "torchao 8da4w: int8 dynamic activations, int4 weights in groups of group_size; LM head "
+        "int8 per channel (head_bits 4 for int4); embeddings int8 per row (embedding_bits 4/32)",
+        options=dict(_COMMON) | {"group_size": 32, "embedding_bits": 8, "head_bits": 8},
         gates={"sqnr_db": 4.0, "embedding_cosine_min": 0.92, "top1_agreement": 0.7,
                "next_token_agreement": 0.65, "perplexity_delta_pct": 15.0},
         default_for=("int4",),
