@@ -12,7 +12,6 @@ import torch
 # Nodes that are bookkeeping, not kernels: they never "fall back" to a CPU kernel library.
 _BOOKKEEPING = ("getitem", "sym_size", "sym_numel", "_assert", "_local_scalar_dense", "alias",
                 "view_copy", "unsqueeze_copy", "squeeze_copy", "et_view", "executorch_call_delegate")  # fmt: skip
-_SYM_OPS = ("add", "sub", "mul", "floordiv", "mod", "ge", "gt", "le", "lt", "eq", "ne", "and_", "or_")
 
 
 def export(module: torch.nn.Module, example: tuple[torch.Tensor, ...], dynamic_shapes: Any) -> Any:
@@ -121,11 +120,19 @@ def delegated_ops(edge: Any) -> dict[str, dict[str, int]]:
 
 
 def _op_name(target: Any) -> str:
-    name = getattr(target, "__name__", str(target))
-    return name.removeprefix("aten.").split(".")[0]
+    """ "aten.linear.default" -> "linear"; "quantized_decomposed.quantize_per_tensor.default" ->
+    "quantized_decomposed::quantize_per_tensor" (the namespace is kept unless it is aten)."""
+    if getattr(target, "__module__", "") in ("_operator", "operator", "math"):
+        return f"sym::{target.__name__}"  # Python scalar maths on symbolic sizes
+    parts = getattr(target, "__name__", str(target)).split(".")
+    if len(parts) < 3:
+        return parts[0]
+    return parts[1] if parts[0] == "aten" else f"{parts[0]}::{parts[1]}"
 
 
 def is_bookkeeping(op: str) -> bool:
     """True for nodes that run no kernel (views, shape maths, delegate calls)."""
+    if op.startswith(("sym::", "executorch_prim::")):
+        return True
     base = op.split("::")[-1]
-    return base in _SYM_OPS or any(base.startswith(p) for p in _BOOKKEEPING)
+    return any(base.startswith(p) for p in _BOOKKEEPING)
