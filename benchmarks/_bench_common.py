@@ -69,22 +69,38 @@ def run_measured(
     """Run `cmd`, send its output to `log`, and return wall time and peak RSS.
 
     Peak RSS is polled (psutil, every 50 ms): the larger of the whole process tree's summed RSS
-    and the largest single process's kernel high-water mark (VmHWM). ru_maxrss from wait4 is
-    not used: for a vfork-ed child Linux folds the parent's own high-water mark into it.
+    and the largest single process's kernel high-water mark (VmHWM). A peak in the last moments
+    before exit (e.g. serialising a large file) can fall between two polls, so the child's
+    ru_maxrss from wait4 is taken too, but only when it exceeds this process's own VmHWM: for a
+    (v)fork-ed child Linux folds the parent's high-water mark at exec into ru_maxrss, so a value
+    at or below it says nothing about the child. The three numbers are appended to `log`.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         out.write(("$ " + " ".join(cmd) + "\n").encode())
         out.flush()
+        parent_hwm = _vm_hwm_bytes(os.getpid())
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         peak = 0
-        while proc.poll() is None:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                break
             peak = max(peak, _tree_rss_bytes(proc.pid))
             if time.perf_counter() - start > timeout_s:
                 proc.kill()
             time.sleep(0.05)
         wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        child_max = usage.ru_maxrss * 1024  # KiB on Linux
+        polled = peak
+        if child_max > parent_hwm:
+            peak = max(peak, child_max)
+        out.write(
+            f"\n[run_measured] peak RSS {peak / MIB:.0f} MiB (polled {polled / MIB:.0f}, wait4 ru_maxrss "
+            f"{child_max / MIB:.0f}, parent VmHWM {parent_hwm / MIB:.0f})\n".encode()
+        )
     return Measured(proc.returncode, wall, peak / MIB, log)
 
 

@@ -152,3 +152,102 @@ def render(rows: list[Row], kinds: dict[str, str], footnotes: list[str]) -> str:
         parts += ["", "Notes", *notes]
     parts += ["", "Footnotes", *(f"  [{i}] {f}" for i, f in enumerate(footnotes, 1))]
     return "\n".join(parts)
+
+
+# --- ExecuTorch benchmark (executorch_vs_optimum.py) -------------------------------------------
+
+ET_MODEL = "smollm2"
+ET_RECIPES = ("fp32", "8da4w")
+
+
+def executorch_goals(rows: list[Row], greedy_len: int) -> list[Goal]:
+    """Goals of the ExecuTorch benchmark: export wall, decode speed, 8da4w size, fp32 greedy sanity."""
+    out: list[Goal] = []
+    for recipe in ET_RECIPES:
+        ee, opt = find(rows, ET_MODEL, EE, recipe), find(rows, ET_MODEL, OPT, recipe)
+        wall = (_value(ee, "wall_s"), _value(opt, "wall_s"))
+        out.append(_goal(f"{recipe} export wall: ee/optimum", *wall, 1.0, True))
+    for recipe in ET_RECIPES:
+        ee, opt = find(rows, ET_MODEL, EE, recipe), find(rows, ET_MODEL, OPT, recipe)
+        tps = (_value(ee, "tokens_per_s"), _value(opt, "tokens_per_s"))
+        out.append(_goal(f"{recipe} decode tok/s: ee/optimum", *tps, 1.0, False))
+    q4, fp32 = find(rows, ET_MODEL, EE, "8da4w"), find(rows, ET_MODEL, EE, "fp32")
+    size = (_value(q4, "size_bytes"), _value(fp32, "size_bytes"))
+    out.append(_goal("ee 8da4w .pte / ee fp32 .pte", *size, 0.3, True))
+    ee, opt = find(rows, ET_MODEL, EE, "fp32"), find(rows, ET_MODEL, OPT, "fp32")
+    same = None
+    if ee is not None and opt is not None:
+        a, b = ee.metrics.get("greedy_tokens"), opt.metrics.get("greedy_tokens")
+        if a and b:
+            same = float(common_prefix(a[:greedy_len], b[:greedy_len]))
+    out.append(
+        _goal(f"fp32 first {greedy_len} greedy tokens ee == optimum", same, float(greedy_len), 1.0, False)
+    )
+    return out
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Number of leading items equal in `a` and `b`."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _greedy_cell(row: Row | None) -> str:
+    if row is None or row.metrics.get("greedy_match_torch") is None:
+        return "-"
+    return f"{row.metrics['greedy_match_torch']}/{row.metrics['greedy_len']}"
+
+
+def executorch_table(rows: list[Row]) -> str:
+    """Side-by-side table: edge-export vs Optimum per ExecuTorch recipe."""
+    header = ["recipe", "export s", "", "ratio", "peak RSS MiB", "", ".pte MiB", "", "TTFT ms", ""]
+    header += ["ratio", "decode tok/s", "", "ratio", "greedy = torch", ""]
+    sub = ["", EE, OPT, "ee/opt", EE, OPT, EE, OPT, EE, OPT, "ee/opt", EE, OPT, "ee/opt", EE, OPT]
+    lines = [header, sub]
+    for recipe in ET_RECIPES:
+        ee, opt = find(rows, ET_MODEL, EE, recipe), find(rows, ET_MODEL, OPT, recipe)
+        if ee is None and opt is None:
+            continue
+        wall = _ratio(_value(ee, "wall_s"), _value(opt, "wall_s"))
+        ttft = _ratio(_value(ee, "ttft_ms"), _value(opt, "ttft_ms"))
+        tps = _ratio(_value(ee, "tokens_per_s"), _value(opt, "tokens_per_s"))
+        lines.append(
+            [
+                recipe,
+                _cell(ee, "wall_s", ".1f"),
+                _cell(opt, "wall_s", ".1f"),
+                "-" if wall is None else f"{wall:.2f}x",
+                _cell(ee, "peak_rss_mib", ".0f"),
+                _cell(opt, "peak_rss_mib", ".0f"),
+                _cell(ee, "size_bytes", ".1f", MIB),
+                _cell(opt, "size_bytes", ".1f", MIB),
+                _cell(ee, "ttft_ms", ".1f"),
+                _cell(opt, "ttft_ms", ".1f"),
+                "-" if ttft is None else f"{ttft:.2f}x",
+                _cell(ee, "tokens_per_s", ".2f"),
+                _cell(opt, "tokens_per_s", ".2f"),
+                "-" if tps is None else f"{tps:.2f}x",
+                _greedy_cell(ee),
+                _greedy_cell(opt),
+            ]
+        )
+    return _format_grid(lines)
+
+
+def render_executorch(rows: list[Row], greedy_len: int, extra: list[str], footnotes: list[str]) -> str:
+    """The full ExecuTorch report: table, goals, extra sections, notes per row, footnotes."""
+    parts = [f"== {ET_MODEL} (ExecuTorch, XNNPACK) ==", executorch_table(rows), "", "Goals"]
+    for goal in executorch_goals(rows, greedy_len):
+        ratio = "-" if goal.ratio is None else f"{goal.ratio:.2f}x"
+        parts.append(f"  [{goal.verdict:4}] {goal.name} = {ratio} ({goal.detail})")
+    if extra:
+        parts += ["", *extra]
+    notes = [f"  {r.tool} {r.precision}: {n}" for r in rows for n in r.notes]
+    if notes:
+        parts += ["", "Notes", *notes]
+    parts += ["", "Footnotes", *(f"  [{i}] {f}" for i, f in enumerate(footnotes, 1))]
+    return "\n".join(parts)
