@@ -9,6 +9,7 @@ ONNX models of both tools are timed on identical inputs and checked against the 
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -300,3 +301,23 @@ class Row:
     artifact: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def add_tool_args(parser: argparse.ArgumentParser, venv_flag: str, default_venv: Path) -> None:
+    """The flags every edge-export-vs-anchor benchmark shares: which side to skip, where to work,
+    the anchor's venv, and the edge-export executable."""
+    parser.add_argument("--skip-optimum", action="store_true", help="measure edge-export only")
+    parser.add_argument("--skip-edge-export", action="store_true", help="measure Optimum only")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/edge-export-bench"))
+    parser.add_argument(venv_flag, type=Path, default=default_venv)
+    parser.add_argument(
+        "--edge-export",
+        type=Path,
+        default=Path(sys.executable).parent / "edge-export",
+        help="edge-export executable (default: the one beside this Python)",
+    )
+    parser.add_argument(
+        "--edge-export-validate",
+        action="store_true",
+        help="keep edge-export's validation/latency steps in its timed run",
+    )

@@ -76,6 +76,17 @@ def goals(rows: list[Row], kinds: dict[str, str]) -> list[Goal]:
     return out
 
 
+def _pair(
+    ee: Row | None, opt: Row | None, field: str, fmt: str, scale: float = 1.0, ratio: bool = False
+) -> list[str]:
+    """The edge-export and Optimum cells of one field, plus their ratio cell when asked."""
+    cells = [_cell(ee, field, fmt, scale), _cell(opt, field, fmt, scale)]
+    if ratio:
+        value = _ratio(_value(ee, field), _value(opt, field))
+        cells.append("-" if value is None else f"{value:.2f}x")
+    return cells
+
+
 def _cell(row: Row | None, field: str, fmt: str, scale: float = 1.0) -> str:
     if row is None:
         return "-"
@@ -109,21 +120,13 @@ def model_table(rows: list[Row], model: str, kind: str) -> str:
         ee, opt = find(rows, model, EE, precision), find(rows, model, OPT, precision)
         if ee is None and opt is None:
             continue
-        wall = _ratio(_value(ee, "wall_s"), _value(opt, "wall_s"))
-        spd = _ratio(_value(ee, key), _value(opt, key))
         lines.append(
             [
                 precision,
-                _cell(ee, "wall_s", ".1f"),
-                _cell(opt, "wall_s", ".1f"),
-                "-" if wall is None else f"{wall:.2f}x",
-                _cell(ee, "peak_rss_mib", ".0f"),
-                _cell(opt, "peak_rss_mib", ".0f"),
-                _cell(ee, "size_bytes", ".1f", MIB),
-                _cell(opt, "size_bytes", ".1f", MIB),
-                _cell(ee, key, ".2f"),
-                _cell(opt, key, ".2f"),
-                "-" if spd is None else f"{spd:.2f}x",
+                *_pair(ee, opt, "wall_s", ".1f", ratio=True),
+                *_pair(ee, opt, "peak_rss_mib", ".0f"),
+                *_pair(ee, opt, "size_bytes", ".1f", MIB),
+                *_pair(ee, opt, key, ".2f", ratio=True),
                 _quality(ee, kind),
                 _quality(opt, kind),
             ]
@@ -212,25 +215,14 @@ def executorch_table(rows: list[Row]) -> str:
         ee, opt = find(rows, ET_MODEL, EE, recipe), find(rows, ET_MODEL, OPT, recipe)
         if ee is None and opt is None:
             continue
-        wall = _ratio(_value(ee, "wall_s"), _value(opt, "wall_s"))
-        ttft = _ratio(_value(ee, "ttft_ms"), _value(opt, "ttft_ms"))
-        tps = _ratio(_value(ee, "tokens_per_s"), _value(opt, "tokens_per_s"))
         lines.append(
             [
                 recipe,
-                _cell(ee, "wall_s", ".1f"),
-                _cell(opt, "wall_s", ".1f"),
-                "-" if wall is None else f"{wall:.2f}x",
-                _cell(ee, "peak_rss_mib", ".0f"),
-                _cell(opt, "peak_rss_mib", ".0f"),
-                _cell(ee, "size_bytes", ".1f", MIB),
-                _cell(opt, "size_bytes", ".1f", MIB),
-                _cell(ee, "ttft_ms", ".1f"),
-                _cell(opt, "ttft_ms", ".1f"),
-                "-" if ttft is None else f"{ttft:.2f}x",
-                _cell(ee, "tokens_per_s", ".2f"),
-                _cell(opt, "tokens_per_s", ".2f"),
-                "-" if tps is None else f"{tps:.2f}x",
+                *_pair(ee, opt, "wall_s", ".1f", ratio=True),
+                *_pair(ee, opt, "peak_rss_mib", ".0f"),
+                *_pair(ee, opt, "size_bytes", ".1f", MIB),
+                *_pair(ee, opt, "ttft_ms", ".1f", ratio=True),
+                *_pair(ee, opt, "tokens_per_s", ".2f", ratio=True),
                 _greedy_cell(ee),
                 _greedy_cell(opt),
             ]

@@ -28,6 +28,7 @@ from _bench_common import (
     Measured,
     PreparedModel,
     Row,
+    add_tool_args,
     clean_env,
     prepare_models,
     run_measured,
@@ -69,21 +70,7 @@ def ee_recipe_options(embedding_bits: int) -> dict[str, dict[str, Any]]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--skip-optimum", action="store_true", help="measure edge-export only")
-    parser.add_argument("--skip-edge-export", action="store_true", help="measure Optimum only")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/edge-export-bench"))
-    parser.add_argument("--optimum-executorch-venv", type=Path, default=DEFAULT_OPTIMUM_VENV)
-    parser.add_argument(
-        "--edge-export",
-        type=Path,
-        default=Path(sys.executable).parent / "edge-export",
-        help="edge-export executable (default: the one beside this Python)",
-    )
-    parser.add_argument(
-        "--edge-export-validate",
-        action="store_true",
-        help="keep edge-export's validation/latency steps in its timed run",
-    )
+    add_tool_args(parser, "--optimum-executorch-venv", DEFAULT_OPTIMUM_VENV)
     parser.add_argument(
         "--reuse-exports",
         action="store_true",
@@ -344,6 +331,7 @@ def _guarded(row: Row, action: Callable[[], Any]) -> Any:
         result = action()
     except Exception as exc:  # a program that does not run is a finding, not a crash
         row.notes.append(f"executorch run failed: {type(exc).__name__}: {exc}"[:400])
+        row.metrics["run_error"] = f"{type(exc).__name__}: {exc}"[:400]
         return None
     return True if result is None else result
 
@@ -489,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.workdir / "executorch_vs_optimum.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten: {out}", file=sys.stderr)
+    failed = [f"{r.tool} {r.precision}" for r in rows if r.metrics.get("run_error")]
+    if failed:
+        print(f"runs failed: {', '.join(failed)} (see the notes above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -28,6 +28,7 @@ from _bench_common import (
     Measured,
     PreparedModel,
     Row,
+    add_tool_args,
     clean_env,
     find_model_onnx,
     onnx_size_bytes,
@@ -46,21 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="minilm,smollm2", help="comma list: minilm,smollm2")
-    parser.add_argument("--skip-optimum", action="store_true", help="measure edge-export only")
-    parser.add_argument("--skip-edge-export", action="store_true", help="measure Optimum only")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/edge-export-bench"))
-    parser.add_argument("--optimum-venv", type=Path, default=DEFAULT_OPTIMUM_VENV)
-    parser.add_argument(
-        "--edge-export",
-        type=Path,
-        default=Path(sys.executable).parent / "edge-export",
-        help="edge-export executable (default: the one beside this Python)",
-    )
-    parser.add_argument(
-        "--edge-export-validate",
-        action="store_true",
-        help="keep edge-export's validation/latency steps in its timed run",
-    )
+    add_tool_args(parser, "--optimum-venv", DEFAULT_OPTIMUM_VENV)
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     parser.add_argument(
         "--rounds", type=int, default=5, help="alternating timing chunks per model (default 5)"

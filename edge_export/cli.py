@@ -176,8 +176,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         report, code = api.bench(args.bundle, args.devices or ["local"], lat)
     _emit(report, args.json)
     for result in report["results"]:
-        message = (result.get("error") or {}).get("message") or (result.get("accuracy") or {}).get("failure")
-        if message:
+        messages = [
+            (result.get("error") or {}).get("message") or (result.get("accuracy") or {}).get("failure"),
+            result.get("residency_failure"),
+        ]
+        for message in filter(None, messages):
             print(f"error: {message}", file=sys.stderr)
     return code
 

@@ -114,49 +114,41 @@ def load_report(out: Path) -> dict[str, Any]:
 FAST = ["--warmup", "1", "--iterations", "3"]
 
 
+def _export_once(
+    factory: pytest.TempPathFactory, name: str, model: Path, recipes: list[str]
+) -> tuple[int, Path]:
+    """Export `model` with these recipes into a fresh session folder; (exit code, OUT)."""
+    out = factory.mktemp(name) / "out"
+    code, _, _ = run_cli(
+        ["export", model, "--out", out, *[a for r in recipes for a in ("--recipe", r)], *FAST]
+    )
+    return code, out
+
+
 @pytest.fixture(scope="session")
 def minilm_run(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> tuple[int, Path]:
     """One export of the real MiniLM with every ONNX recipe (shared by many tests)."""
-    out = tmp_path_factory.mktemp("minilm") / "out"
     recipes = ["onnx:fp32", "onnx:fp16", "onnx:int8-dynamic", "onnx:int8-static", "onnx:int4-weight"]
-    argv = ["export", minilm_dir, "--out", out, *[a for r in recipes for a in ("--recipe", r)], *FAST]
-    code, _, _ = run_cli(argv)
-    return code, out
+    return _export_once(tmp_path_factory, "minilm", minilm_dir, recipes)
 
 
 @pytest.fixture(scope="session")
 def smollm2_run(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> tuple[int, Path]:
     """One export of the real SmolLM2 (GGUF): fp32, int8 (dynamic and static) and int4, KV cache."""
-    out = tmp_path_factory.mktemp("smollm2") / "out"
     recipes = ["onnx:fp32", "onnx:int8-dynamic", "onnx:int8-static", "onnx:int4-weight"]
-    argv = ["export", smollm2_gguf, "--out", out, *[a for r in recipes for a in ("--recipe", r)], *FAST]
-    code, _, _ = run_cli(argv)
-    return code, out
+    return _export_once(tmp_path_factory, "smollm2", smollm2_gguf, recipes)
 
 
 @pytest.fixture(scope="session")
 def et_minilm_run(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> tuple[int, Path]:
     """The real MiniLM to ExecuTorch/XNNPACK fp32, int8 (PT2E dynamic) and 8da4w, once per session."""
-    out = tmp_path_factory.mktemp("et-minilm") / "out"
-    argv = [
-        "export",
-        minilm_dir,
-        "--out",
-        out,
-        "--target",
-        "executorch",
-        "--quantize",
-        "fp32,int8,int4",
-        *FAST,
-    ]
-    code, _, _ = run_cli(argv)
-    return code, out
+    recipes = ["executorch:xnnpack-fp32", "executorch:xnnpack-int8", "executorch:xnnpack-8da4w"]
+    return _export_once(tmp_path_factory, "et-minilm", minilm_dir, recipes)
 
 
 @pytest.fixture(scope="session")
 def et_smollm2_run(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> tuple[int, Path]:
     """The real SmolLM2 (GGUF) to ExecuTorch fp32 and 8da4w with a static KV cache, once per session."""
-    out = tmp_path_factory.mktemp("et-smollm2") / "out"
-    argv = ["export", smollm2_gguf, "--out", out, "--target", "executorch", "--quantize", "fp32,int4", *FAST]
-    code, _, _ = run_cli(argv)
-    return code, out
+    return _export_once(
+        tmp_path_factory, "et-smollm2", smollm2_gguf, ["executorch:xnnpack-fp32", "executorch:xnnpack-8da4w"]
+    )

@@ -11,7 +11,7 @@ _KEY_METRICS = ("embedding_cosine_min", "top1_agreement", "perplexity_delta_pct"
 def _accuracy_cell(result: dict[str, Any]) -> str:
     accuracy = result.get("accuracy")
     if not accuracy:
-        return "-"
+        return "[red]not fully delegated[/red]" if result.get("residency_failure") else "-"
     if accuracy.get("not_run"):
         return f"[yellow]{accuracy['not_run']}[/yellow]"
     metrics = accuracy["metrics"]

@@ -50,7 +50,8 @@ def test_minilm_executorch_bundle_manifest_and_residency(et_minilm_run: tuple[in
     _, out = et_minilm_run
     result = _result(load_report(out), "executorch:xnnpack-int8")
     bundle = out / result["bundle"]
-    manifest = verify_bundle(bundle)
+    assert verify_bundle(bundle) == []
+    manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["target"] == "executorch" and manifest["artifact"] == "model.pte"
     assert manifest["recipe"]["options"]["max_seq_len"] == 512  # resolved from 0 = automatic
     assert manifest["io"]["bounds"] == {"batch": 32, "sequence": 512}
@@ -208,12 +209,14 @@ def test_coreml_delegate_is_built_but_not_run_on_linux(tmp_path: Path, tiny_bert
 # ---- residency gate, bad input and failures ----------------------------------------------------
 
 
-def test_require_full_delegation_fails_xnnpack_encoder(tmp_path: Path, tiny_bert: Path) -> None:
+def test_require_full_delegation_fails_xnnpack_encoder(
+    tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
-    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--recipe", "executorch:xnnpack-fp32",
-                          "--require-full-delegation", "--no-latency"])  # fmt: skip
+    code, _, err = run_cli(["export", tiny_bert, "--out", out, "--recipe", "executorch:xnnpack-fp32",
+                          "--require-full-delegation", "--no-validate", "--no-latency"], capsys)  # fmt: skip
     result = load_report(out)["results"][0]
-    assert code == 1
+    assert code == 1 and "operators run outside the delegate" in err
     assert result["status"] == "failed"
     assert "operators run outside the delegate" in result["residency_failure"]
     assert result["inspect"]["residency"]["fallback_ops"] > 0

@@ -123,7 +123,8 @@ class ExecutorchTarget:
         """Methods, residency (delegated vs CPU-fallback operators per backend) and size."""
         from edge_export.targets.executorch.residency import residency
 
-        res = residency(artifact_path, (details or {}).get("delegated_ops"))
+        with native_stderr_captured():  # loading ExecuTorch's bindings probes the CPU on fd 2
+            res = residency(artifact_path, (details or {}).get("delegated_ops"))
         return {"file_bytes": artifact_path.stat().st_size, "methods": res.pop("methods"), "residency": res}
 
 
