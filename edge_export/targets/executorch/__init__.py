@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 
-from edge_export.errors import ConfigError, ExportError, NotRunnableHere
+from edge_export.errors import ConfigError, NotRunnableHere
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
-from edge_export.quiet import native_stderr_captured, quiet
+from edge_export.quiet import native_stderr_captured
 from edge_export.targets.base import Artifact, Recipe, Runnable
 from edge_export.targets.executorch.recipes import RECIPES
+from edge_export.targets.stages import run_stage
 
 _GROUP_SIZES = (16, 32, 64, 128, 256)
 _EMBEDDING_BITS = (4, 8, 32)
@@ -145,13 +146,5 @@ def _linear_shapes(model: PreparedModel) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _stage(stage: str, fn: Any, *args: Any) -> Any:
-    """Run one step; any library failure becomes ExportError naming the stage."""
-    try:
-        with quiet(), native_stderr_captured():  # ExecuTorch's AOT kernels log on fd 2
-            return fn(*args)
-    except (ConfigError, ExportError):
-        raise
-    except Exception as exc:
-        text = str(exc).strip()
-        first = text.splitlines()[0][:300] if text else ""
-        raise ExportError("executorch", stage, f"{type(exc).__name__}: {first}".rstrip(": ")) from exc
+    """One ExecuTorch step; any library failure becomes ExportError naming the stage."""
+    return run_stage("executorch", stage, fn, *args)
