@@ -111,6 +111,21 @@ def load_report(out: Path) -> dict[str, Any]:
     return json.loads((out / "report.json").read_text())
 
 
+def result_for(report: dict[str, Any], recipe: str) -> dict[str, Any]:
+    """The report's result for one recipe id."""
+    return next(r for r in report["results"] if r["recipe"] == recipe)
+
+
+def metric(result: dict[str, Any], name: str) -> float:
+    """One measured accuracy metric of a result."""
+    return float(result["accuracy"]["metrics"][name])
+
+
+def gate(result: dict[str, Any], name: str) -> dict[str, Any]:
+    """One evaluated gate of a result."""
+    return next(g for g in result["accuracy"]["gates"] if g["metric"] == name)
+
+
 FAST = ["--warmup", "1", "--iterations", "3"]
 
 
@@ -144,6 +159,20 @@ def et_minilm_run(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) ->
     """The real MiniLM to ExecuTorch/XNNPACK fp32, int8 (PT2E dynamic) and 8da4w, once per session."""
     recipes = ["executorch:xnnpack-fp32", "executorch:xnnpack-int8", "executorch:xnnpack-8da4w"]
     return _export_once(tmp_path_factory, "et-minilm", minilm_dir, recipes)
+
+
+@pytest.fixture(scope="session")
+def tfl_minilm_run(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> tuple[int, Path]:
+    """The real MiniLM to TFLite fp32, int8 (dynamic and static) and int4, once per session."""
+    recipes = ["tflite:fp32", "tflite:int8-dynamic", "tflite:int8-static", "tflite:int4-block"]
+    return _export_once(tmp_path_factory, "tfl-minilm", minilm_dir, recipes)
+
+
+@pytest.fixture(scope="session")
+def tfl_smollm2_run(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> tuple[int, Path]:
+    """The real SmolLM2 (GGUF) to TFLite fp32, int8-dynamic and int4 with a KV cache, once per session."""
+    recipes = ["tflite:fp32", "tflite:int8-dynamic", "tflite:int4-block"]
+    return _export_once(tmp_path_factory, "tfl-smollm2", smollm2_gguf, recipes)
 
 
 @pytest.fixture(scope="session")

@@ -8,24 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, load_report, make_decoder, make_encoder, run_cli
+from conftest import FAST, gate, load_report, make_decoder, make_encoder, metric, result_for, run_cli
 
 from edge_export.devices.agent.executorch_model import ExecutorchModel
 from edge_export.devices.agent.lm import greedy_generate, session_for
 from edge_export.exporter.bundle import verify_bundle
-
-
-def _result(report: dict, recipe: str) -> dict:
-    return next(r for r in report["results"] if r["recipe"] == recipe)
-
-
-def _metric(result: dict, name: str) -> float:
-    return float(result["accuracy"]["metrics"][name])
-
-
-def _gate(result: dict, name: str) -> dict:
-    return next(g for g in result["accuracy"]["gates"] if g["metric"] == name)
-
 
 # ---- real model: all-MiniLM-L6-v2 -------------------------------------------------------------
 
@@ -36,19 +23,19 @@ def test_minilm_executorch_recipes_pass_their_gates(et_minilm_run: tuple[int, Pa
     assert code == 0, [
         (r["recipe"], r["error"], r["accuracy"]) for r in report["results"] if r["status"] != "passed"
     ]
-    fp32 = _result(report, "executorch:xnnpack-fp32")
-    int8 = _result(report, "executorch:xnnpack-int8")
-    int4 = _result(report, "executorch:xnnpack-8da4w")
-    assert _metric(fp32, "embedding_cosine_min") > 0.9999
-    assert _metric(int8, "embedding_cosine_min") >= 0.99
-    assert _metric(int4, "embedding_cosine_min") >= 0.92
-    assert _gate(int8, "embedding_cosine_min")["passed"]
+    fp32 = result_for(report, "executorch:xnnpack-fp32")
+    int8 = result_for(report, "executorch:xnnpack-int8")
+    int4 = result_for(report, "executorch:xnnpack-8da4w")
+    assert metric(fp32, "embedding_cosine_min") > 0.9999
+    assert metric(int8, "embedding_cosine_min") >= 0.99
+    assert metric(int4, "embedding_cosine_min") >= 0.92
+    assert gate(int8, "embedding_cosine_min")["passed"]
     assert fp32["size_bytes"] > 2.5 * int8["size_bytes"] and int8["size_bytes"] > int4["size_bytes"]
 
 
 def test_minilm_executorch_bundle_manifest_and_residency(et_minilm_run: tuple[int, Path]) -> None:
     _, out = et_minilm_run
-    result = _result(load_report(out), "executorch:xnnpack-int8")
+    result = result_for(load_report(out), "executorch:xnnpack-int8")
     bundle = out / result["bundle"]
     assert verify_bundle(bundle) == []
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -83,14 +70,14 @@ def test_minilm_pte_runs_dynamic_batch_and_sequence(et_minilm_run: tuple[int, Pa
 def test_smollm2_executorch_fp32_and_8da4w(et_smollm2_run: tuple[int, Path]) -> None:
     code, out = et_smollm2_run
     report = load_report(out)
-    fp32 = _result(report, "executorch:xnnpack-fp32")
-    int4 = _result(report, "executorch:xnnpack-8da4w")
+    fp32 = result_for(report, "executorch:xnnpack-fp32")
+    int4 = result_for(report, "executorch:xnnpack-8da4w")
     assert code == 0, [(r["recipe"], r["error"], r["accuracy"]["failure"]) for r in report["results"]]
-    assert _metric(fp32, "generation_match") == 1.0
+    assert metric(fp32, "generation_match") == 1.0
     assert fp32["accuracy"]["details"]["generated_tokens"] == 32
-    assert abs(_metric(fp32, "perplexity_delta_pct")) < 0.1
-    gate = _gate(int4, "perplexity_delta_pct")
-    assert gate["passed"] and 0 < gate["value"] <= gate["threshold"]
+    assert abs(metric(fp32, "perplexity_delta_pct")) < 0.1
+    ppl = gate(int4, "perplexity_delta_pct")
+    assert ppl["passed"] and 0 < ppl["value"] <= ppl["threshold"]
     assert int4["size_bytes"] <= 0.3 * fp32["size_bytes"]
     for result in (fp32, int4):
         assert result["latency"]["decode_tokens_per_s"] > 0 and result["latency"]["ttft_ms"] > 0
@@ -145,9 +132,9 @@ def test_tiny_llama_every_xnnpack_recipe(tmp_path: Path, tiny_llama: Path) -> No
     report = load_report(out)
     assert [r["error"] for r in report["results"]] == [None] * 4
     assert code in (0, 1)  # random weights say nothing about quantized accuracy; the gates decide
-    fp32 = _result(report, "executorch:xnnpack-fp32")
-    assert fp32["status"] == "passed" and _metric(fp32, "generation_match") == 1.0
-    assert _metric(fp32, "max_abs_error") < 1e-4  # prefill and prefill-then-decode against PyTorch
+    fp32 = result_for(report, "executorch:xnnpack-fp32")
+    assert fp32["status"] == "passed" and metric(fp32, "generation_match") == 1.0
+    assert metric(fp32, "max_abs_error") < 1e-4  # prefill and prefill-then-decode against PyTorch
 
 
 def test_tiny_llama_plain_attention_matches_custom_ops(tmp_path: Path, tiny_llama: Path) -> None:
@@ -158,7 +145,7 @@ def test_tiny_llama_plain_attention_matches_custom_ops(tmp_path: Path, tiny_llam
                           "--config", config, "--no-latency"])  # fmt: skip
     result = load_report(out)["results"][0]
     assert code == 0, result
-    assert _metric(result, "generation_match") == 1.0
+    assert metric(result, "generation_match") == 1.0
     assert "llama::custom_sdpa" not in result["inspect"]["residency"]["fallback_by_op"]
 
 
@@ -171,8 +158,8 @@ def test_tiny_decoder_families_executorch(tmp_path: Path, model_type: str) -> No
     )
     result = load_report(out)["results"][0]
     assert code == 0, result
-    assert _metric(result, "generation_match") == 1.0
-    assert _metric(result, "max_abs_error") < 1e-3
+    assert metric(result, "generation_match") == 1.0
+    assert metric(result, "max_abs_error") < 1e-3
 
 
 @pytest.mark.parametrize(
@@ -186,7 +173,7 @@ def test_tiny_encoder_tasks_executorch(tmp_path: Path, minilm_dir: Path, model_t
     )
     result = load_report(out)["results"][0]
     assert result["error"] is None and code in (0, 1)
-    assert _metric(result, "top1_agreement") >= 0.5  # random weights: plumbing, not accuracy
+    assert metric(result, "top1_agreement") >= 0.5  # random weights: plumbing, not accuracy
 
 
 # ---- Core ML delegate: produced here, never run here --------------------------------------------
@@ -295,7 +282,7 @@ def test_lowering_failure_names_the_stage_and_other_targets_still_run(
     code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--target", "onnx,executorch", "--no-latency"])
     report = load_report(out)
     assert code == 3
-    onnx, et = _result(report, "onnx:fp32"), _result(report, "executorch:xnnpack-fp32")
+    onnx, et = result_for(report, "onnx:fp32"), result_for(report, "executorch:xnnpack-fp32")
     assert onnx["status"] == "passed"
     assert et["status"] == "error" and et["error"]["stage"] == "lower"
     assert "XNNPACK rejected node aten.foo" in et["error"]["message"]

@@ -8,20 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import FAST, load_report, make_decoder, make_encoder, run_cli
+from conftest import FAST, load_report, make_decoder, make_encoder, metric, result_for, run_cli
 
 from edge_export.devices.agent.lm import KVCacheSession, greedy_generate
 from edge_export.devices.agent.onnx_model import OnnxModel
 from edge_export.exporter.bundle import verify_bundle
-
-
-def _result(report: dict, recipe: str) -> dict:
-    return next(r for r in report["results"] if r["recipe"] == recipe)
-
-
-def _metric(result: dict, name: str) -> float:
-    return float(result["accuracy"]["metrics"][name])
-
 
 # ---- real model: all-MiniLM-L6-v2 -------------------------------------------------------------
 
@@ -34,9 +25,9 @@ def test_minilm_all_recipes_pass_their_gates(minilm_run: tuple[int, Path]) -> No
     assert {r["recipe"] for r in report["results"]} == {
         "onnx:fp32", "onnx:fp16", "onnx:int8-dynamic", "onnx:int8-static", "onnx:int4-weight"
     }  # fmt: skip
-    fp32 = _result(report, "onnx:fp32")
-    assert _metric(fp32, "embedding_cosine_min") > 0.9999
-    assert _metric(_result(report, "onnx:int8-dynamic"), "embedding_cosine_min") >= 0.99
+    fp32 = result_for(report, "onnx:fp32")
+    assert metric(fp32, "embedding_cosine_min") > 0.9999
+    assert metric(result_for(report, "onnx:int8-dynamic"), "embedding_cosine_min") >= 0.99
     for result in report["results"]:
         gates = result["accuracy"]["gates"]
         assert gates and all(g["passed"] for g in gates)
@@ -86,12 +77,12 @@ def test_minilm_timings_and_export_memory(minilm_run: tuple[int, Path]) -> None:
     run = report["run"]
     assert run["wall_s"] >= run["load_s"] + run["reference_s"] > 0
     assert run["peak_rss_mb"] > 300  # torch + the model live in the exporting process
-    timings = _result(report, "onnx:int8-static")["timings_s"]
+    timings = result_for(report, "onnx:int8-static")["timings_s"]
     assert set(timings) == {"export", "validate", "latency"} and all(v > 0 for v in timings.values())
 
 
 def test_minilm_latency_fields(minilm_run: tuple[int, Path]) -> None:
-    latency = _result(load_report(minilm_run[1]), "onnx:fp32")["latency"]
+    latency = result_for(load_report(minilm_run[1]), "onnx:fp32")["latency"]
     assert latency["device"] == "local" and latency["iterations"] == 3
     assert 0 < latency["p50_ms"] <= latency["p90_ms"] <= latency["p99_ms"]
     assert latency["load_ms"] > 0 and latency["peak_rss_mb"] > 10
@@ -105,23 +96,23 @@ def test_smollm2_fp32_int8_int4(smollm2_run: tuple[int, Path]) -> None:
     code, out = smollm2_run
     report = load_report(out)
     assert code == 0, [r["accuracy"]["failure"] for r in report["results"] if r["status"] != "passed"]
-    fp32 = _result(report, "onnx:fp32")
-    assert _metric(fp32, "generation_match") == 1.0
+    fp32 = result_for(report, "onnx:fp32")
+    assert metric(fp32, "generation_match") == 1.0
     assert fp32["accuracy"]["details"]["generated_tokens"] == 32
-    assert abs(_metric(fp32, "perplexity_delta_pct")) < 0.1
+    assert abs(metric(fp32, "perplexity_delta_pct")) < 0.1
     for recipe in ("onnx:int8-dynamic", "onnx:int4-weight"):
-        assert "perplexity_delta_pct" in _result(report, recipe)["accuracy"]["metrics"]
+        assert "perplexity_delta_pct" in result_for(report, recipe)["accuracy"]["metrics"]
     size = {r["recipe"]: r["size_bytes"] for r in report["results"]}
     assert size["onnx:int4-weight"] <= 0.3 * size["onnx:fp32"]
     assert size["onnx:int4-weight"] < size["onnx:int8-dynamic"]
 
 
 def test_smollm2_static_int8_keeps_outlier_matmuls_in_float(smollm2_run: tuple[int, Path]) -> None:
-    result = _result(load_report(smollm2_run[1]), "onnx:int8-static")
+    result = result_for(load_report(smollm2_run[1]), "onnx:int8-static")
     assert result["status"] == "passed"
     manifest = json.loads((smollm2_run[1] / "onnx-int8-static" / "manifest.json").read_text())
     assert 0 < len(manifest["export"]["float_matmuls"]) < 60
-    assert _metric(result, "perplexity_delta_pct") < 15
+    assert metric(result, "perplexity_delta_pct") < 15
 
 
 def test_smollm2_static_int8_without_outlier_handling_fails_its_gates(
@@ -146,11 +137,11 @@ def test_smollm2_static_int8_without_outlier_handling_fails_its_gates(
     code, _, err = run_cli(argv, capsys)
     assert code == 1
     assert "perplexity_delta_pct" in err and "next_token_agreement" in err
-    assert _metric(load_report(out)["results"][0], "perplexity_delta_pct") > 50
+    assert metric(load_report(out)["results"][0], "perplexity_delta_pct") > 50
 
 
 def test_smollm2_generation_latency(smollm2_run: tuple[int, Path]) -> None:
-    latency = _result(load_report(smollm2_run[1]), "onnx:int4-weight")["latency"]
+    latency = result_for(load_report(smollm2_run[1]), "onnx:int4-weight")["latency"]
     assert latency["ttft_ms"] > 0 and latency["decode_tokens_per_s"] > 1
     assert latency["prompt_tokens"] == 64
 
@@ -186,8 +177,8 @@ def test_tiny_encoder_families(tmp_path: Path, minilm_dir: Path, model_type: str
     report = load_report(out)
     assert code == 0, report["results"][0]
     assert report["model"]["task"] == task
-    metric = "embedding_cosine_min" if task == "feature-extraction" else "top1_agreement"
-    assert _metric(report["results"][0], metric) >= 0.99
+    name = "embedding_cosine_min" if task == "feature-extraction" else "top1_agreement"
+    assert metric(report["results"][0], name) >= 0.99
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral", "phi3", "gemma", "qwen3"])
@@ -197,8 +188,8 @@ def test_tiny_decoder_families(tmp_path: Path, model_type: str) -> None:
     code, _, _ = run_cli(["export", folder, "--out", out, "--quantize", "fp32", "--no-latency"])
     result = load_report(out)["results"][0]
     assert code == 0, result
-    assert _metric(result, "generation_match") == 1.0
-    assert _metric(result, "max_abs_error") < 1e-3
+    assert metric(result, "generation_match") == 1.0
+    assert metric(result, "max_abs_error") < 1e-3
 
 
 def test_tiny_llama_int4_and_latency(tmp_path: Path, tiny_llama: Path) -> None:
