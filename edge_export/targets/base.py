@@ -155,9 +155,11 @@ def _discover() -> dict[str, Target]:
     if "onnx" not in found:  # running from a source tree without installed metadata
         from edge_export.targets.executorch import ExecutorchTarget
         from edge_export.targets.onnx import OnnxTarget
+        from edge_export.targets.tflite import TfliteTarget
 
         found["onnx"] = OnnxTarget()
         found["executorch"] = ExecutorchTarget()
+        found["tflite"] = TfliteTarget()
     return found
 
 

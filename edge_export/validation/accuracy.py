@@ -33,6 +33,17 @@ def _valid_for(output: np.ndarray, case: Case) -> np.ndarray:
     return case.valid.any(axis=1)
 
 
+def _row_metrics(case: Case, ref: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Error, SQNR and worst row cosine of one output over the case's valid positions."""
+    cand = np.asarray(candidate, dtype=np.float32)
+    valid = _valid_for(ref, case)
+    return {
+        "max_abs_error": m.max_abs_error(ref, cand, valid),
+        "sqnr_db": m.sqnr_db(ref, cand, valid),
+        "cosine_min": float(m.row_cosines(ref, cand, valid).min()),
+    }
+
+
 class Validator:
     """Holds the reference results for one model; `measure` scores any candidate against them."""
 
@@ -88,7 +99,41 @@ class Validator:
             ]
             decode = Case("batch1-prefill-then-decode", part.feeds, part.valid)
             triples.append((decode, ref_part, {"logits": np.concatenate(steps, axis=1)}))
+            if hasattr(session, "prefill"):  # a separate prompt path (prefill signatures)
+                triples.append(self._prefill_path_case(session, part, ref_part, split))
         return triples, skipped
+
+    @staticmethod
+    def _prefill_path_case(session: Any, part: Case, ref_part: dict, split: int) -> tuple[Case, dict, dict]:
+        """The prompt through the session's prefill path, then decode steps: logits from split-1 on."""
+        ids = part.feeds["input_ids"]
+        session.reset()
+        logits = [session.prefill(ids[0, :split])] + [
+            session.step(ids[:, i : i + 1]) for i in range(split, ids.shape[1])
+        ]
+        case = Case(
+            "batch1-prefill-path-then-decode", {"input_ids": ids[:, split - 1 :]}, part.valid[:, split - 1 :]
+        )
+        return (
+            case,
+            {"logits": ref_part["logits"][:, split - 1 :]},
+            {"logits": np.concatenate(logits, axis=1)},
+        )
+
+    def _fixed_shape_triples(self, candidate: Runnable) -> list[tuple[Case, dict, dict]]:
+        """Programs with fixed-shape variants (sequence buckets): every case through every variant,
+        cut to the variant's length, against a fresh reference on the same cut inputs."""
+        variants = candidate.fixed_shape_variants() if hasattr(candidate, "fixed_shape_variants") else {}
+        if not variants:
+            return []
+        reference = self.model.reference()
+        triples = []
+        for label, (length, runnable) in variants.items():
+            for case in self.cases:
+                feeds = {k: v[:, :length] for k, v in case.feeds.items()}
+                cut = Case(f"{case.name}@{label}", feeds, case.valid[:, :length])
+                triples.append((cut, reference.run(feeds), runnable.run(feeds)))
+        return triples
 
     def measure(self, candidate: Runnable) -> AccuracyResult:
         """Every metric that applies to the model's task, plus per-case numbers."""
@@ -98,17 +143,16 @@ class Validator:
         task_values: list[float] = []
         triples, skipped = self._case_outputs(candidate)
         for case, ref_out, cand_out in triples:
-            ref, cand = ref_out[primary], np.asarray(cand_out[primary], dtype=np.float32)
-            valid = _valid_for(ref, case)
-            row = {
-                "max_abs_error": m.max_abs_error(ref, cand, valid),
-                "sqnr_db": m.sqnr_db(ref, cand, valid),
-                "cosine_min": float(m.row_cosines(ref, cand, valid).min()),
-            }
+            row = _row_metrics(case, ref_out[primary], cand_out[primary])
             for key, value in row.items():
                 agg[key].append(value)
             task_values.append(self._task_value(case, ref_out, cand_out))
             per_case[case.name] = row | {"task_metric": task_values[-1]}
+        for case, ref_out, cand_out in self._fixed_shape_triples(candidate):
+            row = _row_metrics(case, ref_out[primary], cand_out[primary])
+            for key, value in row.items():
+                agg[key].append(value)
+            per_case[case.name] = row
         result = {
             "max_abs_error": max(agg["max_abs_error"]),
             "sqnr_db": min(agg["sqnr_db"]),

@@ -7,7 +7,7 @@ past_key_values.{i}.key/value -> present.{i}.key/value convention, so their resu
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -80,13 +80,35 @@ class StaticCacheSession:
         return logits.reshape(1, count, -1)
 
 
-Session = KVCacheSession | StaticCacheSession
+class Session(Protocol):
+    """What generation and perplexity need from a decoding session (any runtime's)."""
+
+    capacity: int | None
+    length: int
+
+    def reset(self) -> None:
+        """Forget the cache; the next step starts at position 0."""
+
+    def step(self, token_ids: np.ndarray) -> np.ndarray:
+        """Feed tokens [1, n]; logits [1, n, vocab]."""
+        ...
 
 
 def session_for(model: Any, io: Mapping[str, Any]) -> Session:
     """The model's own session when it keeps state inside, else one over explicit past/present."""
     own = model.lm_session() if hasattr(model, "lm_session") else None
     return own if own is not None else KVCacheSession(model.run, io)
+
+
+def prompt_logits(session: Session, prompt: list[int]) -> np.ndarray:
+    """Logits [1, 1, vocab] after the whole prompt, through the session's fast prompt path when it
+    has one (prefill signatures), else the last position of `step`."""
+    fast = getattr(session, "prefill", None)
+    if fast is not None:
+        session.reset()
+        return np.asarray(fast(np.array(prompt)))
+    session.reset()
+    return session.step(np.array(prompt))[:, -1:]
 
 
 def greedy_generate(
@@ -97,8 +119,7 @@ def greedy_generate(
     on_token: Callable[[int], None] | None = None,
 ) -> list[int]:
     """Prefill the prompt, then append argmax tokens one at a time (stops at EOS)."""
-    session.reset()
-    logits = session.step(np.array(prompt))
+    logits = prompt_logits(session, prompt)
     generated: list[int] = []
     for _ in range(max_new_tokens):
         token = int(np.argmax(logits[0, -1]))

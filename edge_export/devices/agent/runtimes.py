@@ -44,4 +44,12 @@ def load_bundle(bundle: Path, threads: int | None = None) -> tuple[Any, dict[str
         if reason:
             raise NotRunnableHere(reason)
         return ExecutorchModel(artifact, manifest, threads), manifest, f"executorch {version}"
+    if target == "tflite":
+        try:
+            from .tflite_model import TfliteModel, runtime_version
+
+            version = runtime_version()
+        except ImportError as exc:
+            raise MissingRuntime("ai-edge-litert is not installed on this device") from exc
+        return TfliteModel(artifact, manifest, threads), manifest, f"ai-edge-litert {version}"
     raise MissingRuntime(f"no runtime adapter for target '{target}' on this device")
