@@ -37,9 +37,11 @@ def test_missing_runtime_is_a_clear_device_error(tmp_path: Path, tiny_bert_bundl
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bert_bundle, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["target"] = "tflite"
+    manifest["target"] = "some-future-format"
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DeviceError, match="MissingRuntime: no runtime adapter for target 'tflite'"):
+    with pytest.raises(
+        DeviceError, match="MissingRuntime: no runtime adapter for target 'some-future-format'"
+    ):
         LocalDevice().run(bundle, {"input_ids": np.zeros((1, 2), np.int64)}, warmup=0, iterations=1)
 
 
