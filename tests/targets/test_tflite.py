@@ -291,7 +291,21 @@ def test_bad_buckets_and_unsupported_decoders_fail_before_export(
     config_gpt2 = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=128, n_positions=64)
     transformers.GPT2LMHeadModel(config_gpt2).save_pretrained(gpt2)
     code, _, err = run_cli(["export", gpt2, "--out", tmp_path / "b", "--target", "tflite"], capsys)
-    assert code == 2 and "does not handle 'gpt2' decoders" in err and "Traceback" not in err
+    assert code == 2 and "unsupported architecture 'gpt2'" in err and "Traceback" not in err
+
+
+def test_decoder_family_outside_litert_export_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from edge_export.errors import ConfigError
+    from edge_export.targets.base import get_recipe
+    from edge_export.targets.tflite import TfliteTarget
+
+    config = SimpleNamespace(model_type="olmo")
+    hf_model = SimpleNamespace(config=config, named_modules=lambda: iter(()))
+    model = SimpleNamespace(hf_model=hf_model, max_positions=512, io=SimpleNamespace(kind="decoder"))
+    with pytest.raises(ConfigError, match="does not handle 'olmo' decoders"):
+        TfliteTarget().check(model, get_recipe("tflite:fp32"))
 
 
 def test_quantizing_a_model_without_linear_layers_is_refused() -> None:

@@ -27,8 +27,8 @@ from edge_export.targets.tflite.recipes import BLOCK_SIZES, RECIPES
 
 _AUTO_BUCKETS = (16, 32, 64, 128, 256, 512)
 _AUTO_PREFILL = (8, 64)
-# Decoder families litert-torch's HF export handles (checked by the tiny-model tests).
-DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "smollm3")
+# Decoder families litert-torch's HF export handles (each checked by a tiny-model test).
+DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3")
 
 
 class TfliteTarget:
