@@ -303,13 +303,23 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
 
-def add_tool_args(parser: argparse.ArgumentParser, venv_flag: str, default_venv: Path) -> None:
+def add_tool_args(
+    parser: argparse.ArgumentParser,
+    venv_flag: str | None,
+    default_venv: Path | None,
+    anchor: str = "optimum",
+    anchor_label: str = "Optimum",
+) -> None:
     """The flags every edge-export-vs-anchor benchmark shares: which side to skip, where to work,
-    the anchor's venv, and the edge-export executable."""
-    parser.add_argument("--skip-optimum", action="store_true", help="measure edge-export only")
-    parser.add_argument("--skip-edge-export", action="store_true", help="measure Optimum only")
+    the anchor's venv, and the edge-export executable.
+
+    `anchor` names the skip flag (--skip-<anchor>); an anchor that runs in this venv passes
+    venv_flag=None and gets no venv flag."""
+    parser.add_argument(f"--skip-{anchor}", action="store_true", help="measure edge-export only")
+    parser.add_argument("--skip-edge-export", action="store_true", help=f"measure {anchor_label} only")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/edge-export-bench"))
-    parser.add_argument(venv_flag, type=Path, default=default_venv)
+    if venv_flag is not None:
+        parser.add_argument(venv_flag, type=Path, default=default_venv)
     parser.add_argument(
         "--edge-export",
         type=Path,

@@ -243,3 +243,135 @@ def render_executorch(rows: list[Row], greedy_len: int, extra: list[str], footno
         parts += ["", "Notes", *notes]
     parts += ["", "Footnotes", *(f"  [{i}] {f}" for i, f in enumerate(footnotes, 1))]
     return "\n".join(parts)
+
+
+# --- TFLite benchmark (tflite_vs_litert.py) ----------------------------------------------------
+
+BARE = "litert-torch"
+TFL_WALL_LIMIT = 1.10  # edge-export's export wall time vs the bare litert-torch call
+TFL_SIZE_LIMIT = 0.3  # edge-export int4 .tflite vs its fp32 .tflite
+# (field, label, format, scale, ratio column) per model kind; the last rows carry no ratio.
+TFL_METRICS = {
+    "encoder": [
+        ("wall_s", "export s", ".1f", 1.0, True),
+        ("peak_rss_mib", "peak RSS MiB", ".0f", 1.0, True),
+        ("size_bytes", ".tflite MiB", ".1f", MIB, True),
+        ("p50_ms", "p50 ms (seq_128)", ".2f", 1.0, True),
+        ("cosine_vs_torch", "cos vs torch", ".5f", 1.0, False),
+    ],
+    "decoder": [
+        ("wall_s", "export s", ".1f", 1.0, True),
+        ("peak_rss_mib", "peak RSS MiB", ".0f", 1.0, True),
+        ("size_bytes", ".tflite MiB", ".1f", MIB, True),
+        ("ttft_ms", "TTFT ms", ".1f", 1.0, True),
+        ("tokens_per_s", "decode tok/s", ".2f", 1.0, True),
+        ("greedy_match_torch", "greedy prefix = torch", ".0f", 1.0, False),
+    ],
+}
+
+
+def tflite_goals(
+    rows: list[Row], kinds: dict[str, str], recipes: list[str], tolerance: float, greedy_len: int
+) -> dict[tuple[str, str, str], Goal]:
+    """(model, recipe, field) -> goal: export wall <= 1.10x bare, runtime speed identical to the
+    bare file's within `tolerance` or better, int4 file <= 0.3x fp32, fp32 greedy tokens equal."""
+    out: dict[tuple[str, str, str], Goal] = {}
+    for model, kind in kinds.items():
+        for recipe in recipes:
+            ee, bare = find(rows, model, EE, recipe), find(rows, model, BARE, recipe)
+            checks = [("wall_s", "export wall", TFL_WALL_LIMIT, True)]
+            if kind == "encoder":
+                checks.append(("p50_ms", "p50 latency", 1.0 + tolerance, True))
+            else:
+                checks.append(("ttft_ms", "TTFT", 1.0 + tolerance, True))
+                checks.append(("tokens_per_s", "decode tok/s", 1.0 - tolerance, False))
+            for field, label, limit, upper in checks:
+                name = f"{model} {recipe} {label}: ee/bare"
+                out[(model, recipe, field)] = _goal(
+                    name, _value(ee, field), _value(bare, field), limit, upper
+                )
+        if "int4" in recipes and "fp32" in recipes:
+            q4, fp32 = find(rows, model, EE, "int4"), find(rows, model, EE, "fp32")
+            size = (_value(q4, "size_bytes"), _value(fp32, "size_bytes"))
+            out[(model, "int4", "size_bytes")] = _goal(
+                f"{model} ee int4 .tflite / ee fp32 .tflite", *size, TFL_SIZE_LIMIT, True
+            )
+        if kind == "decoder" and "fp32" in recipes:
+            ee, bare = find(rows, model, EE, "fp32"), find(rows, model, BARE, "fp32")
+            same = None
+            if ee is not None and bare is not None:
+                a, b = ee.metrics.get("greedy_tokens"), bare.metrics.get("greedy_tokens")
+                if a and b:
+                    same = float(common_prefix(a[:greedy_len], b[:greedy_len]))
+            name = f"{model} fp32 first {greedy_len} greedy tokens ee == bare"
+            out[(model, "fp32", "greedy_match_torch")] = _goal(name, same, float(greedy_len), 1.0, False)
+    return out
+
+
+def _goal_cell(goal: Goal | None, field: str) -> str:
+    if goal is None:
+        return ""
+    sign = "<=" if goal.upper else ">="
+    if field == "size_bytes":
+        return f"ee int4/fp32 {sign} {goal.limit:g}x"
+    if field == "greedy_match_torch":
+        return "ee tokens == bare tokens"
+    return f"ee/bare {sign} {goal.limit:g}x"
+
+
+def _verdict_cell(goal: Goal | None, field: str) -> str:
+    if goal is None:
+        return ""
+    if goal.ratio is None or field != "size_bytes":
+        return goal.verdict
+    return f"{goal.verdict} ({goal.ratio:.2f}x)"
+
+
+def markdown_grid(lines: list[list[str]]) -> str:
+    """A markdown table (first line = header) with aligned columns."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
+    text.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(text)
+
+
+def tflite_table(
+    rows: list[Row], model: str, kind: str, recipes: list[str], goals: dict[tuple[str, str, str], Goal]
+) -> str:
+    """One model: a line per (recipe, metric) with both tools, their ratio, the goal and its verdict."""
+    lines = [["recipe", "metric", EE, BARE, "ee/bare", "goal", "verdict"]]
+    for recipe in recipes:
+        ee, bare = find(rows, model, EE, recipe), find(rows, model, BARE, recipe)
+        if ee is None and bare is None:
+            continue
+        for field, label, fmt, scale, ratio in TFL_METRICS[kind]:
+            cells = _pair(ee, bare, field, fmt, scale, ratio) + ([] if ratio else [""])
+            goal = goals.get((model, recipe, field))
+            lines.append([recipe, label, *cells, _goal_cell(goal, field), _verdict_cell(goal, field)])
+    return markdown_grid(lines)
+
+
+def render_tflite(
+    rows: list[Row],
+    kinds: dict[str, str],
+    recipes: list[str],
+    goals: dict[tuple[str, str, str], Goal],
+    extra: list[str],
+    footnotes: list[str],
+) -> str:
+    """The full TFLite report as markdown: a table per model, the goals, extra sections (verbatim),
+    notes per row, footnotes."""
+    parts = []
+    for model, kind in kinds.items():
+        parts += [f"### {model}", "", tflite_table(rows, model, kind, recipes, goals), ""]
+    parts += ["### Goals", ""]
+    for goal in goals.values():
+        shown = "-" if goal.ratio is None else f"{goal.ratio:.2f}x"
+        parts.append(f"- **{goal.verdict}** {goal.name} = {shown} ({goal.detail})")
+    if extra:
+        parts += ["", "```", *extra, "```"]
+    row_notes = [f"- {r.tool} {r.model} {r.precision}: {note}" for r in rows for note in r.notes]
+    if row_notes:
+        parts += ["", "### Notes", "", *row_notes]
+    parts += ["", "### Footnotes", "", *(f"{i}. {text}" for i, text in enumerate(footnotes, 1))]
+    return "\n".join(parts)
