@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_export.config import ExportConfig
-from edge_export.errors import InputError, NotRunnableHere
+from edge_export.errors import InputError
 from edge_export.exporter.orchestrate import ExportRun
 from edge_export.exporter.plan import PlannedRun
 from edge_export.report.progress import Progress
@@ -35,17 +35,22 @@ def revalidate(
     result = new_result(planned.target.name, recipe.id, recipe.precision)
     artifact = bundle / manifest["artifact"]
     result.update(
-        bundle=str(bundle), artifact=manifest["artifact"], size_bytes=artifact.stat().st_size, status="passed"
+        bundle=str(bundle), artifact=manifest["artifact"], size_bytes=_size(artifact), status="passed"
     )
     if run.validator is not None:
-        try:
-            result["accuracy"] = run.measure_accuracy(planned, planned.target.load(artifact, manifest))
-        except NotRunnableHere as exc:
+        result["accuracy"] = run.validate_artifact(planned, artifact, manifest)
+        if result["accuracy"]["measured_on"] is None:
             result["status"] = "not_run"
-            result["accuracy"] = {"measured_on": None, "not_run": str(exc), "metrics": {}, "gates": []}
         if result["accuracy"].get("failure"):
             result["status"] = "failed"
     if cfg.latency.enabled:
         result["latency_by_device"] = [run.measure_latency(d, bundle, recipe.id) for d in run.devices]
         result["latency"] = result["latency_by_device"][0]
     return single_result_report(manifest, result)
+
+
+def _size(path: Path) -> int:
+    """Bytes of an artifact file, or of every file in an artifact folder (.mlpackage)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size

@@ -18,6 +18,8 @@ def _accuracy_cell(result: dict[str, Any]) -> str:
     shown = [f"{k}={metrics[k]:.4g}" for k in _KEY_METRICS if k in metrics][:3]
     failed = [g["metric"] for g in accuracy["gates"] if not g["passed"]]
     text = "\n".join(shown)
+    if accuracy.get("measured_on") == "host-estimate":
+        text = "[cyan]host estimate[/cyan]\n" + text
     if result.get("residency_failure"):
         text += "\n[red]not fully delegated[/red]"
     return text + (f"\n[red]failed: {', '.join(failed)}[/red]" if failed else "")
@@ -54,6 +56,8 @@ def render(report: dict[str, Any]) -> Any:
         status = f"[{colours[result['status']]}]{result['status']}[/]"
         if result.get("error"):
             status += f"\n{result['error']['message'][:120]}"
+        for note in result.get("notes", []):
+            status += f"\n[dim]{note[:120]}[/dim]"
         table.add_row(result["target"], result["recipe"].split(":", 1)[1], status, size,
                       _accuracy_cell(result), _latency_cell(result))  # fmt: skip
     return table

@@ -153,11 +153,13 @@ def _discover() -> dict[str, Target]:
     for ep in sorted(entry_points(group="edge_export.targets"), key=lambda e: e.name):
         found[ep.name] = ep.load()()
     if "onnx" not in found:  # running from a source tree without installed metadata
+        from edge_export.targets.coreml import CoremlTarget
         from edge_export.targets.executorch import ExecutorchTarget
         from edge_export.targets.onnx import OnnxTarget
         from edge_export.targets.tflite import TfliteTarget
 
         found["onnx"] = OnnxTarget()
+        found["coreml"] = CoremlTarget()
         found["executorch"] = ExecutorchTarget()
         found["tflite"] = TfliteTarget()
     return found

@@ -52,4 +52,15 @@ def load_bundle(bundle: Path, threads: int | None = None) -> tuple[Any, dict[str
         except ImportError as exc:
             raise MissingRuntime("ai-edge-litert is not installed on this device") from exc
         return TfliteModel(artifact, manifest, threads), manifest, f"ai-edge-litert {version}"
+    if target == "coreml":
+        from .coreml_model import CoremlModel, host_can_run, runtime_version
+
+        reason = host_can_run()  # before importing coremltools, which takes seconds
+        if reason:
+            raise NotRunnableHere(reason)
+        try:
+            version = runtime_version()
+        except ImportError as exc:
+            raise MissingRuntime("coremltools is not installed on this device") from exc
+        return CoremlModel(artifact, manifest), manifest, f"coremltools {version}"  # pragma: no cover
     raise MissingRuntime(f"no runtime adapter for target '{target}' on this device")

@@ -1,0 +1,246 @@
+"""The Core ML target: .mlpackage ML Programs for iPhone / Mac (CPU, GPU, Neural Engine).
+
+Conversion is torch.export + coremltools (with the op fixes transformers 5 graphs need);
+compression is coremltools.optimize.coreml on the converted fp16 program, which is made once per
+model and shared by every compressed recipe. Core ML predictions exist only on macOS, so on this
+machine a result is validated as a *host estimate*: the compressed weights are read back out of
+the saved package, decompressed, loaded into the PyTorch model, and that model goes through the
+shared gates, labelled `"measured_on": "host-estimate"`. Real numbers come from the Mac runner.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edge_export import interrupts
+from edge_export.errors import ConfigError, NotRunnableHere
+from edge_export.exporter.prepared import CalibrationSet, PreparedModel
+from edge_export.quiet import native_stderr_captured, quiet
+from edge_export.targets.base import Artifact, Recipe, Runnable
+from edge_export.targets.coreml.recipes import (
+    BLOCK_SIZES,
+    COMPUTE_UNITS,
+    DEPLOYMENT_TARGETS,
+    RECIPES,
+    SHAPE_MODES,
+)
+from edge_export.targets.stages import run_stage
+
+_AUTO_BUCKETS = (16, 32, 64, 128, 256, 512)
+# Decoder families whose attention the stateful KV-cache wrapper drives (each has a tiny-model test).
+DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
+
+
+class CoremlTarget:
+    """.mlpackage ML Programs for Core ML; validated on Linux as host estimates."""
+
+    name = "coreml"
+    extra = "coreml"
+    quantizes = "after-export"
+
+    def __init__(self) -> None:
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        # (model sha256, task, shape options, deployment target, precision) -> saved base package
+        self._base: dict[tuple[Any, ...], Path] = {}
+
+    def recipes(self) -> list[Recipe]:
+        """fp16, fp32, int8-weight, int8-w8a8, int4-block, palettize-4bit, palettize-6bit."""
+        return list(RECIPES)
+
+    def missing_dependency(self) -> str | None:
+        """coremltools when it is not installed."""
+        return None if importlib.util.find_spec("coremltools") else "coremltools"
+
+    def check(self, model: PreparedModel, recipe: Recipe) -> None:
+        """Reject options and recipes that cannot apply to this model, before any conversion."""
+        opts = recipe.options
+        if opts["compute_units"] not in COMPUTE_UNITS:
+            raise ConfigError(f"{recipe.id}: unknown compute_units {opts['compute_units']!r}",
+                              hint=f"use one of {', '.join(COMPUTE_UNITS)}")  # fmt: skip
+        if opts["minimum_deployment_target"] not in DEPLOYMENT_TARGETS:
+            raise ConfigError(f"{recipe.id}: unknown minimum_deployment_target {opts['minimum_deployment_target']!r}",
+                              hint=f"use one of {', '.join(DEPLOYMENT_TARGETS)}")  # fmt: skip
+        if opts["shape_mode"] not in SHAPE_MODES:
+            raise ConfigError(f"{recipe.id}: unknown shape_mode {opts['shape_mode']!r}",
+                              hint=f"use one of {', '.join(SHAPE_MODES)}")  # fmt: skip
+        resolved = resolve_options(recipe, model)
+        self._check_lengths(model, resolved)
+        deployment_target(resolved, model)  # raises when an explicit target is too old
+        linears = linear_shapes(model)
+        if recipe.precision in ("int8", "int4") and not linears:
+            raise ConfigError(f"{recipe.id}: the model has no linear layers to compress",
+                              hint="use coreml:fp16 or coreml:fp32")  # fmt: skip
+        if "block_size" in opts:
+            size = opts["block_size"]
+            if size not in BLOCK_SIZES:
+                raise ConfigError(f"{recipe.id}: block_size {size} is not supported",
+                                  hint=f"use one of {', '.join(map(str, BLOCK_SIZES))}")  # fmt: skip
+            bad = [name for name, shape in linears if shape[-1] % size]
+            if bad:
+                raise ConfigError(f"{recipe.id}: {len(bad)} linear layers (e.g. {bad[0]}) have an input "
+                                  f"size not divisible by block_size {size}", hint="choose a smaller block_size")  # fmt: skip
+        if opts.get("head_bits", 8) not in (4, 8):
+            raise ConfigError(f"{recipe.id}: head_bits must be 4 or 8, got {opts['head_bits']!r}")
+        if "group_size" in opts:
+            self._check_palette(model, recipe, linears)
+        if recipe.needs_calibration and int(opts.get("calibration_samples", 0)) < 1:
+            raise ConfigError(f"{recipe.id} calibrates activations and needs calibration data",
+                              hint="set calibration_samples to 1 or more (real text from --calibration-data)")  # fmt: skip
+        if model.io.kind == "decoder" and model.hf_model.config.model_type not in DECODER_TYPES:
+            raise ConfigError(f"{recipe.id}: the stateful Core ML LM wrapper does not handle "
+                              f"'{model.hf_model.config.model_type}' decoders",
+                              hint=f"coreml decoders: {', '.join(DECODER_TYPES)}; use onnx or executorch")  # fmt: skip
+
+    @staticmethod
+    def _check_lengths(model: PreparedModel, recipe: Recipe) -> None:
+        opts, limit = recipe.options, model.max_positions
+        buckets = opts["seq_buckets"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in buckets):
+            raise ConfigError(f"{recipe.id}: seq_buckets must be a list of integers, got {buckets!r}")
+        if not 2 <= opts["max_seq_len"] <= limit:
+            raise ConfigError(f"{recipe.id}: max_seq_len {opts['max_seq_len']} is outside 2..{limit}",
+                              hint="use 0 for automatic or a length the model supports")  # fmt: skip
+        if model.io.kind == "encoder" and opts["shape_mode"] == "enumerated":
+            bad = [n for n in buckets if not 1 <= n <= limit]
+            if bad or not buckets:
+                raise ConfigError(f"{recipe.id}: seq_buckets {buckets} must lie in 1..{limit}",
+                                  hint="list sequence lengths the model supports, e.g. [32, 128, 512]")  # fmt: skip
+
+    @staticmethod
+    def _check_palette(
+        model: PreparedModel, recipe: Recipe, linears: list[tuple[str, tuple[int, ...]]]
+    ) -> None:
+        group = recipe.options["group_size"]
+        if not isinstance(group, int) or group < 0:
+            raise ConfigError(f"{recipe.id}: group_size must be 0 (one table per tensor) or a positive "
+                              f"number of output channels, got {group!r}")  # fmt: skip
+        eligible = [name for name, shape in linears if not group or shape[0] % group == 0]
+        if not eligible:
+            raise ConfigError(f"{recipe.id}: no linear weight has an output size divisible by group_size {group}",
+                              hint="use group_size 0 (per tensor) or a divisor of the layers' output sizes")  # fmt: skip
+
+    def _converted(self, model: PreparedModel, recipe: Recipe, target: str) -> Path:
+        """The uncompressed package (fp16, or fp32 for coreml:fp32), converted once per model."""
+        from edge_export.targets.coreml import convert
+
+        opts = recipe.options
+        precision = "fp32" if recipe.name == "fp32" else "fp16"
+        key = (model.sha256, model.task, opts["shape_mode"], tuple(opts["seq_buckets"]),
+               opts["max_seq_len"], target, precision)  # fmt: skip
+        if key not in self._base:
+            if self._scratch is None:
+                self._scratch = tempfile.TemporaryDirectory(prefix="edge-export-coreml-")
+                interrupts.track(Path(self._scratch.name))
+            out = Path(self._scratch.name) / f"base-{len(self._base)}.mlpackage"
+            run_stage("coreml", "convert", convert.convert, model, recipe, target, precision, out)
+            self._base[key] = out
+        return self._base[key]
+
+    def export(
+        self, model: PreparedModel, recipe: Recipe, calibration: CalibrationSet | None, workdir: Path
+    ) -> Artifact:
+        """Convert (once per model), compress for the recipe, write workdir/model.mlpackage."""
+        from edge_export.targets.coreml import ane, compress, convert
+
+        recipe = resolve_options(recipe, model)
+        target, reason = deployment_target(recipe, model)
+        base = self._converted(model, recipe, target)
+        out = workdir / "model.mlpackage"
+        details: dict[str, Any] = {"options": dict(recipe.options), "minimum_deployment_target": target}
+        notes = [f"minimum deployment target raised to {target}: {reason}"] if reason else []
+        if recipe.name in ("fp16", "fp32"):
+            shutil.copytree(base, out)
+        else:
+            feeds = None
+            if recipe.needs_calibration:
+                feeds = calibration_feeds(recipe, calibration)
+            info = run_stage("coreml", "compress", compress.compress, base, out, recipe, model, feeds)
+            details["compression"] = info
+        io = convert.artifact_io(model, recipe)
+        details["ane_preflight"] = ane.preflight(out, recipe, io)
+        details["notes"] = notes + details["ane_preflight"]["warnings"]
+        files = sorted(p for p in out.rglob("*") if p.is_file())
+        return Artifact(self.name, recipe, out, files, details, io=io)
+
+    def load(self, artifact_path: Path, manifest: Mapping[str, Any]) -> Runnable:
+        """Core ML itself, on macOS only; elsewhere NotRunnableHere (then `host_estimate` runs)."""
+        from edge_export.devices.agent.coreml_model import CoremlModel, host_can_run
+
+        reason = host_can_run()
+        if reason:
+            raise NotRunnableHere(reason)
+        return CoremlModel(artifact_path, manifest)  # pragma: no cover - needs a Mac
+
+    def host_estimate(
+        self, model: PreparedModel, artifact_path: Path, manifest: Mapping[str, Any]
+    ) -> Runnable:
+        """The PyTorch model with the package's weights, decompressed (see estimate.py)."""
+        from edge_export.targets.coreml.estimate import host_estimate
+
+        return run_stage("coreml", "validate", host_estimate, model, artifact_path, manifest)
+
+    def inspect(self, artifact_path: Path, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Spec version, IO, MIL operator histogram, weights by dtype, Neural Engine pre-flight."""
+        from edge_export.targets.coreml.package import structure
+
+        with quiet(), native_stderr_captured():  # coremltools reports its missing macOS parts
+            info = structure(artifact_path)
+        if details and "ane_preflight" in details:
+            info["ane_preflight"] = details["ane_preflight"]
+        return info
+
+
+def resolve_options(recipe: Recipe, model: PreparedModel) -> Recipe:
+    """Automatic max_seq_len and buckets for this model (recorded in the manifest)."""
+    opts, limit = recipe.options, model.max_positions
+    changes: dict[str, Any] = {}
+    if opts["max_seq_len"] == 0:
+        changes["max_seq_len"] = min(512, limit)
+    if model.io.kind == "encoder" and opts["shape_mode"] == "enumerated" and not opts["seq_buckets"]:
+        cap = changes.get("max_seq_len", opts["max_seq_len"])
+        changes["seq_buckets"] = sorted({min(n, cap) for n in _AUTO_BUCKETS})
+    return recipe.with_options(changes) if changes else recipe
+
+
+def deployment_target(recipe: Recipe, model: PreparedModel) -> tuple[str, str | None]:
+    """(iOS17 | iOS18, why it was raised or None). An explicit iOS17 that cannot work is an error."""
+    opts = recipe.options
+    needs = []
+    if "block_size" in opts:
+        needs.append("int4 per-block weights need iOS18")
+    if opts.get("group_size"):
+        needs.append("per-grouped-channel palettes need iOS18")
+    if model.io.kind == "decoder":
+        needs.append("the KV cache is Core ML state, which needs iOS18")
+    elif opts["shape_mode"] == "enumerated" and len(model.io.input_names) > 1:
+        needs.append("enumerated shapes on more than one input need iOS18")
+    requested = opts["minimum_deployment_target"]
+    if requested == "iOS17" and needs:
+        raise ConfigError(f"{recipe.id}: minimum_deployment_target iOS17 is too old: {needs[0]}",
+                          hint="set minimum_deployment_target to iOS18 or auto")  # fmt: skip
+    if requested != "auto":
+        return requested, None
+    return ("iOS18", "; ".join(needs)) if needs else ("iOS17", None)
+
+
+def linear_shapes(model: PreparedModel) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, weight shape) of every nn.Linear of the model."""
+    return [
+        (n, tuple(m.weight.shape))
+        for n, m in model.hf_model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
+
+
+def calibration_feeds(recipe: Recipe, calibration: CalibrationSet | None) -> list[dict[str, Any]]:
+    """The calibration samples the recipe asks for (real text, see --calibration-data)."""
+    if calibration is None or not calibration.feeds:
+        raise ConfigError(f"{recipe.id} needs calibration data", hint="pass --calibration-data FILE")
+    return calibration.feeds[: int(recipe.options["calibration_samples"])]

@@ -1,0 +1,86 @@
+"""Core ML recipes as data. Conversion is torch.export + coremltools (ML Program); compression is
+coremltools.optimize.coreml applied to the converted fp16 program (the after-export path).
+
+Options shared by every recipe:
+- compute_units: ALL, CPU_AND_NE, CPU_AND_GPU or CPU_ONLY; recorded in the manifest and used by
+  the Mac runner and by the Neural Engine pre-flight.
+- minimum_deployment_target: "auto" (iOS17, raised to iOS18 with a recorded message when the
+  recipe or model needs it: int4 per-block weights, a stateful LM, several enumerated inputs),
+  or an explicit iOS17 / iOS18 (a recipe that cannot meet it is refused).
+- shape_mode: encoders; "range" (any sequence length 1..max_seq_len) or "enumerated" (exactly the
+  lengths in seq_buckets, which the Neural Engine compiles ahead; Core ML picks the shape).
+- seq_buckets: the enumerated lengths ([] = automatic: 16, 32, 64, 128, 256, 512 capped).
+- max_seq_len: encoders, the range's upper bound; decoders, the KV-cache context. 0 = automatic
+  (encoders: the model limit capped at 512; decoders: min(512, model limit)).
+Gate defaults come from host estimates on all-MiniLM-L6-v2 and SmolLM2-135M-Instruct (README).
+"""
+
+from __future__ import annotations
+
+from edge_export.targets.base import Recipe
+from edge_export.targets.onnx.recipes import FP32_GATES
+
+COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
+DEPLOYMENT_TARGETS = ("auto", "iOS17", "iOS18")
+SHAPE_MODES = ("range", "enumerated")
+BLOCK_SIZES = (16, 32, 64, 128)
+
+_COMMON: dict[str, object] = {
+    "compute_units": "ALL",
+    "minimum_deployment_target": "auto",
+    "shape_mode": "range",
+    "seq_buckets": [],
+    "max_seq_len": 0,
+}
+_FP16_GATES = {"sqnr_db": 30.0, "cosine_min": 0.999, "embedding_cosine_min": 0.999,
+               "top1_agreement": 0.95, "next_token_agreement": 0.95, "perplexity_delta_pct": 1.0}  # fmt: skip
+_INT8_GATES = {"sqnr_db": 12.0, "embedding_cosine_min": 0.99, "top1_agreement": 0.9,
+               "next_token_agreement": 0.9, "perplexity_delta_pct": 3.0}  # fmt: skip
+_INT4_GATES = {"sqnr_db": 4.0, "embedding_cosine_min": 0.92, "top1_agreement": 0.7,
+               "next_token_agreement": 0.65, "perplexity_delta_pct": 15.0}  # fmt: skip
+
+RECIPES = (
+    Recipe(
+        "coreml:fp16", "fp16", "ML Program with fp16 weights and compute (the Neural Engine's precision)",
+        options=dict(_COMMON), gates=_FP16_GATES, default_for=("fp16",),
+    ),
+    Recipe(
+        "coreml:fp32", "fp32", "ML Program with fp32 weights and compute (CPU and GPU; not the Neural Engine)",
+        options=dict(_COMMON), gates=FP32_GATES, default_for=("fp32",),
+    ),
+    Recipe(
+        "coreml:int8-weight", "int8",
+        "int8 per-channel symmetric weights of linear layers (weight-only), fp16 compute",
+        options=dict(_COMMON), gates=_INT8_GATES, default_for=("int8",),
+    ),
+    Recipe(
+        "coreml:int8-w8a8", "int8",
+        "int8 per-channel weights and int8 activations of linear layers, activation ranges "
+        "calibrated on real text (the Neural Engine's int8-int8 path on A17 Pro / M4 and later)",
+        options=dict(_COMMON) | {"calibration_samples": 16},
+        needs_calibration=True,
+        gates={"sqnr_db": 8.0, "embedding_cosine_min": 0.95, "top1_agreement": 0.8,
+               "next_token_agreement": 0.8, "perplexity_delta_pct": 10.0},
+    ),
+    Recipe(
+        "coreml:int4-block", "int4",
+        "int4 per-block symmetric weights of linear layers (block_size along the input), fp16 "
+        "compute; needs iOS18; the LM head stays int8 per channel unless head_bits is 4",
+        options=dict(_COMMON) | {"block_size": 32, "head_bits": 8},
+        gates=_INT4_GATES, default_for=("int4",),
+    ),
+    Recipe(
+        "coreml:palettize-4bit", "int4",
+        "4-bit palettized linear weights (k-means, one 16-entry table per group of group_size "
+        "output channels), fp16 compute",
+        options=dict(_COMMON) | {"group_size": 16},
+        gates=_INT4_GATES,
+    ),
+    Recipe(
+        "coreml:palettize-6bit", "int8",
+        "6-bit palettized linear weights (k-means, one 64-entry table per group of group_size "
+        "output channels), fp16 compute; precision class int8 (6 bits per weight)",
+        options=dict(_COMMON) | {"group_size": 16},
+        gates=_INT8_GATES,
+    ),
+)  # fmt: skip
