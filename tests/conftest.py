@@ -181,3 +181,18 @@ def et_smollm2_run(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path)
     return _export_once(
         tmp_path_factory, "et-smollm2", smollm2_gguf, ["executorch:xnnpack-fp32", "executorch:xnnpack-8da4w"]
     )
+
+
+@pytest.fixture(scope="session")
+def coreml_minilm_run(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> tuple[int, Path]:
+    """The real MiniLM to Core ML fp16, int8-weight, int4-block and palettize-4bit, once per session."""
+    recipes = ["coreml:fp16", "coreml:int8-weight", "coreml:int4-block", "coreml:palettize-4bit"]
+    return _export_once(tmp_path_factory, "coreml-minilm", minilm_dir, recipes)
+
+
+@pytest.fixture(scope="session")
+def coreml_smollm2_run(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> tuple[int, Path]:
+    """The real SmolLM2 (GGUF) to Core ML fp16 (stateful KV cache) and int4-block, once per session."""
+    return _export_once(
+        tmp_path_factory, "coreml-smollm2", smollm2_gguf, ["coreml:fp16", "coreml:int4-block"]
+    )

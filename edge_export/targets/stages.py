@@ -1,4 +1,5 @@
-"""One export step of a target, run quietly; a library failure becomes ExportError naming the stage.
+"""Steps every target shares: one quiet export stage whose library failure becomes ExportError naming
+the stage, and the pre-flight view of a model's linear layers.
 
 Shared by the targets whose libraries raise arbitrary exceptions from deep inside their passes
 (ExecuTorch, litert-torch): the user gets exit 3, the stage, and the library's own first line.
@@ -26,3 +27,14 @@ def run_stage(target: str, stage: str, fn: Callable[..., T], *args: Any, **kwarg
         text = str(exc).strip()
         first = text.splitlines()[0][:300] if text else ""
         raise ExportError(target, stage, f"{type(exc).__name__}: {first}".rstrip(": ")) from exc
+
+
+def linear_shapes(model: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, weight shape) of every nn.Linear of the model (what weight quantizers act on)."""
+    import torch
+
+    return [
+        (name, tuple(module.weight.shape))
+        for name, module in model.hf_model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    ]

@@ -32,7 +32,6 @@ from edge_export.targets.coreml import CoremlTarget, deployment_target, resolve_
      ("coreml:palettize-4bit", {"group_size": 7}, "no linear weight has an output size divisible by group_size 7"),
      ("coreml:palettize-4bit", {"group_size": 4, "minimum_deployment_target": "iOS17"},
       "per-grouped-channel palettes need iOS18"),
-     ("coreml:int8-w8a8", {"calibration_samples": 0}, "needs calibration data"),
      ("coreml:fp16", {"blocksize": 32}, "has no option 'blocksize'")],
 )  # fmt: skip
 def test_bad_recipe_options_fail_before_conversion(

@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from edge_export import interrupts
 from edge_export.errors import ConfigError, NotRunnableHere
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
@@ -31,7 +29,7 @@ from edge_export.targets.coreml.recipes import (
     RECIPES,
     SHAPE_MODES,
 )
-from edge_export.targets.stages import run_stage
+from edge_export.targets.stages import linear_shapes, run_stage
 
 _AUTO_BUCKETS = (16, 32, 64, 128, 256, 512)
 # Decoder families whose attention the stateful KV-cache wrapper drives (each has a tiny-model test).
@@ -51,7 +49,7 @@ class CoremlTarget:
         self._base: dict[tuple[Any, ...], Path] = {}
 
     def recipes(self) -> list[Recipe]:
-        """fp16, fp32, int8-weight, int8-w8a8, int4-block, palettize-4bit, palettize-6bit."""
+        """fp16, fp32, int8-weight, int4-block, palettize-4bit, palettize-6bit."""
         return list(RECIPES)
 
     def missing_dependency(self) -> str | None:
@@ -86,13 +84,12 @@ class CoremlTarget:
             if bad:
                 raise ConfigError(f"{recipe.id}: {len(bad)} linear layers (e.g. {bad[0]}) have an input "
                                   f"size not divisible by block_size {size}", hint="choose a smaller block_size")  # fmt: skip
+        if not all(isinstance(p, str) and p for p in opts.get("int8_layers", [])):
+            raise ConfigError(f"{recipe.id}: int8_layers must be a list of layer-name patterns")
         if opts.get("head_bits", 8) not in (4, 8):
             raise ConfigError(f"{recipe.id}: head_bits must be 4 or 8, got {opts['head_bits']!r}")
         if "group_size" in opts:
             self._check_palette(model, recipe, linears)
-        if recipe.needs_calibration and int(opts.get("calibration_samples", 0)) < 1:
-            raise ConfigError(f"{recipe.id} calibrates activations and needs calibration data",
-                              hint="set calibration_samples to 1 or more (real text from --calibration-data)")  # fmt: skip
         if model.io.kind == "decoder" and model.hf_model.config.model_type not in DECODER_TYPES:
             raise ConfigError(f"{recipe.id}: the stateful Core ML LM wrapper does not handle "
                               f"'{model.hf_model.config.model_type}' decoders",
@@ -158,10 +155,7 @@ class CoremlTarget:
         if recipe.name in ("fp16", "fp32"):
             shutil.copytree(base, out)
         else:
-            feeds = None
-            if recipe.needs_calibration:
-                feeds = calibration_feeds(recipe, calibration)
-            info = run_stage("coreml", "compress", compress.compress, base, out, recipe, model, feeds)
+            info = run_stage("coreml", "compress", compress.compress, base, out, recipe, model)
             details["compression"] = info
         io = convert.artifact_io(model, recipe)
         details["ane_preflight"] = ane.preflight(out, recipe, io)
@@ -228,19 +222,3 @@ def deployment_target(recipe: Recipe, model: PreparedModel) -> tuple[str, str | 
     if requested != "auto":
         return requested, None
     return ("iOS18", "; ".join(needs)) if needs else ("iOS17", None)
-
-
-def linear_shapes(model: PreparedModel) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, weight shape) of every nn.Linear of the model."""
-    return [
-        (n, tuple(m.weight.shape))
-        for n, m in model.hf_model.named_modules()
-        if isinstance(m, torch.nn.Linear)
-    ]
-
-
-def calibration_feeds(recipe: Recipe, calibration: CalibrationSet | None) -> list[dict[str, Any]]:
-    """The calibration samples the recipe asks for (real text, see --calibration-data)."""
-    if calibration is None or not calibration.feeds:
-        raise ConfigError(f"{recipe.id} needs calibration data", hint="pass --calibration-data FILE")
-    return calibration.feeds[: int(recipe.options["calibration_samples"])]

@@ -33,11 +33,6 @@ def _reasons(ops: Mapping[str, int], recipe: Recipe, io: Mapping[str, Any]) -> l
             f"inputs {', '.join(ranged)} have a range of lengths; the Neural Engine compiles fixed or "
             "enumerated shapes, so a range usually runs on CPU/GPU (shape_mode: enumerated)"
         )
-    if recipe.name == "int8-w8a8":
-        reasons.append(
-            "int8 activations run int8 on the Neural Engine of A17 Pro / M4 and later only; older "
-            "chips compute these layers in fp16"
-        )
     return reasons
 
 
@@ -54,7 +49,7 @@ def preflight(package: Path, recipe: Recipe, io: Mapping[str, Any]) -> dict[str,
         return {"compute_units": units, "neural_engine_requested": False, "prediction": "not requested",
                 "reasons": [], "warnings": []}  # fmt: skip
     reasons = _reasons(op_histogram(package), recipe, io)
-    blocking = [r for r in reasons if not r.startswith("int8 activations")]
+    blocking = reasons
     prediction = "cpu-or-gpu" if blocking else "neural-engine"
     return {
         "compute_units": units,

@@ -54,33 +54,25 @@ RECIPES = (
         options=dict(_COMMON), gates=_INT8_GATES, default_for=("int8",),
     ),
     Recipe(
-        "coreml:int8-w8a8", "int8",
-        "int8 per-channel weights and int8 activations of linear layers, activation ranges "
-        "calibrated on real text (the Neural Engine's int8-int8 path on A17 Pro / M4 and later)",
-        options=dict(_COMMON) | {"calibration_samples": 16},
-        needs_calibration=True,
-        gates={"sqnr_db": 8.0, "embedding_cosine_min": 0.95, "top1_agreement": 0.8,
-               "next_token_agreement": 0.8, "perplexity_delta_pct": 10.0},
-    ),
-    Recipe(
         "coreml:int4-block", "int4",
-        "int4 per-block symmetric weights of linear layers (block_size along the input), fp16 "
-        "compute; needs iOS18; the LM head stays int8 per channel unless head_bits is 4",
-        options=dict(_COMMON) | {"block_size": 32, "head_bits": 8},
+        "int4 per-block weights with a zero point per block (block_size along the input), fp16 "
+        "compute; needs iOS18; the LM head (head_bits) and layers matching int8_layers stay int8 "
+        "per channel",
+        options=dict(_COMMON) | {"block_size": 32, "head_bits": 8, "int8_layers": ["down_proj"]},
         gates=_INT4_GATES, default_for=("int4",),
     ),
     Recipe(
         "coreml:palettize-4bit", "int4",
         "4-bit palettized linear weights (k-means, one 16-entry table per group of group_size "
-        "output channels), fp16 compute",
-        options=dict(_COMMON) | {"group_size": 16},
+        "output channels; 0 = one table per tensor), fp16 compute",
+        options=dict(_COMMON) | {"group_size": 32},
         gates=_INT4_GATES,
     ),
     Recipe(
         "coreml:palettize-6bit", "int8",
         "6-bit palettized linear weights (k-means, one 64-entry table per group of group_size "
         "output channels), fp16 compute; precision class int8 (6 bits per weight)",
-        options=dict(_COMMON) | {"group_size": 16},
+        options=dict(_COMMON) | {"group_size": 32},
         gates=_INT8_GATES,
     ),
 )  # fmt: skip

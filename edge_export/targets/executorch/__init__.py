@@ -11,14 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from edge_export.errors import ConfigError, NotRunnableHere
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.quiet import native_stderr_captured
 from edge_export.targets.base import Artifact, Recipe, Runnable
 from edge_export.targets.executorch.recipes import RECIPES
-from edge_export.targets.stages import run_stage
+from edge_export.targets.stages import linear_shapes, run_stage
 
 _GROUP_SIZES = (16, 32, 64, 128, 256)
 _EMBEDDING_BITS = (4, 8, 32)
@@ -61,7 +59,7 @@ class ExecutorchTarget:
                               hint=f"use one of {', '.join(_DEPLOYMENT_TARGETS)}")  # fmt: skip
         if recipe.name.startswith("coreml") and importlib.util.find_spec("coremltools") is None:
             raise ConfigError(f"{recipe.id} needs coremltools", hint="install edge-export[coreml]")
-        if recipe.precision in ("int8", "int4") and not _linear_shapes(model):
+        if recipe.precision in ("int8", "int4") and not linear_shapes(model):
             raise ConfigError(f"{recipe.id}: the model has no linear layers to quantize",
                               hint="use executorch:xnnpack-fp32")  # fmt: skip
         if "group_size" in opts:
@@ -73,7 +71,7 @@ class ExecutorchTarget:
         if size not in _GROUP_SIZES:
             raise ConfigError(f"{recipe.id}: group_size {size} is not supported",
                               hint=f"use one of {', '.join(map(str, _GROUP_SIZES))}")  # fmt: skip
-        bad = [name for name, shape in _linear_shapes(model) if shape[-1] % size]
+        bad = [name for name, shape in linear_shapes(model) if shape[-1] % size]
         if bad:
             raise ConfigError(f"{recipe.id}: {len(bad)} linear layers (e.g. {bad[0]}) have an input size "
                               f"not divisible by group_size {size}", hint="choose a smaller group_size")  # fmt: skip
@@ -135,14 +133,6 @@ def resolve_options(recipe: Recipe, model: PreparedModel) -> Recipe:
         auto = 1024 if model.io.kind == "decoder" else 512
         return recipe.with_options({"max_seq_len": min(auto, model.max_positions)})
     return recipe
-
-
-def _linear_shapes(model: PreparedModel) -> list[tuple[str, tuple[int, ...]]]:
-    return [
-        (n, tuple(m.weight.shape))
-        for n, m in model.hf_model.named_modules()
-        if isinstance(m, torch.nn.Linear)
-    ]
 
 
 def _stage(stage: str, fn: Any, *args: Any) -> Any:

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from edge_export import interrupts
 from edge_export.errors import ConfigError
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.quiet import native_stderr_captured
 from edge_export.targets.base import Artifact, Recipe, Runnable
-from edge_export.targets.stages import run_stage
+from edge_export.targets.stages import linear_shapes, run_stage
 from edge_export.targets.tflite.recipes import BLOCK_SIZES, RECIPES
 
 _AUTO_BUCKETS = (16, 32, 64, 128, 256, 512)
@@ -89,7 +88,7 @@ class TfliteTarget:
             raise ConfigError(f"{recipe.id}: int8_layers must be a list of layer-name patterns")
         if opts.get("head_bits", 8) not in (4, 8):
             raise ConfigError(f"{recipe.id}: head_bits must be 4 or 8, got {opts['head_bits']!r}")
-        if recipe.precision in ("int8", "int4") and not _linear_shapes(model):
+        if recipe.precision in ("int8", "int4") and not linear_shapes(model):
             raise ConfigError(f"{recipe.id}: the model has no linear layers to quantize",
                               hint="use tflite:fp32 or tflite:fp16")  # fmt: skip
         if recipe.needs_calibration and int(opts.get("calibration_samples", 0)) < 1:
@@ -102,7 +101,7 @@ class TfliteTarget:
         if size not in BLOCK_SIZES:
             raise ConfigError(f"{recipe.id}: block_size {size} is not supported by ai-edge-quantizer",
                               hint=f"use one of {', '.join(map(str, BLOCK_SIZES))}")  # fmt: skip
-        bad = [name for name, shape in _linear_shapes(model) if shape[-1] % size]
+        bad = [name for name, shape in linear_shapes(model) if shape[-1] % size]
         if bad:
             raise ConfigError(f"{recipe.id}: {len(bad)} linear layers (e.g. {bad[0]}) have an input size "
                               f"not divisible by block_size {size}", hint="choose a smaller block_size")  # fmt: skip
@@ -213,14 +212,6 @@ def _decoder_io(model: PreparedModel, recipe: Recipe) -> dict[str, Any]:
         "extras": dict(model.io.extras),
         "bounds": {"batch": 1, "sequence": size},
     }
-
-
-def _linear_shapes(model: PreparedModel) -> list[tuple[str, tuple[int, ...]]]:
-    return [
-        (n, tuple(m.weight.shape))
-        for n, m in model.hf_model.named_modules()
-        if isinstance(m, torch.nn.Linear)
-    ]
 
 
 def calibration_feeds(
