@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,3 +332,44 @@ def add_tool_args(
         action="store_true",
         help="keep edge-export's validation/latency steps in its timed run",
     )
+
+
+def choices(text: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma list of names from `allowed`, kept in `allowed`'s order (an argparse type)."""
+    names = {x.strip() for x in text.split(",") if x.strip()}
+    unknown = sorted(names - set(allowed))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)}, got {text!r}")
+    return [x for x in allowed if x in names]
+
+
+def read_files(folder: Path) -> None:
+    """Read a model folder once so that the first export does not pay for a cold page cache."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+
+def run_alternating(
+    models: dict[str, Any],
+    recipes: list[str],
+    sides: list[tuple[str, Callable[[Any, str], Row]]],
+    recipe_order: tuple[str, ...],
+) -> list[Row]:
+    """Every (model, recipe) through each (tool, export function) side, one subprocess at a time;
+    the side that goes first alternates per recipe. Rows come back in model, recipe, side order."""
+    rows: list[Row] = []
+    turn = 0
+    for model in models.values():
+        read_files(model.hf_dir)
+        for recipe in recipes:
+            calls = [(fn, model, recipe) for _, fn in sides]
+            if turn % 2:
+                calls.reverse()
+            turn += 1
+            rows += [fn(m, r) for fn, m, r in calls]
+    order = {tool: i for i, (tool, _) in enumerate(sides)}
+    names = list(models)
+    return sorted(rows, key=lambda r: (names.index(r.model), recipe_order.index(r.precision), order[r.tool]))

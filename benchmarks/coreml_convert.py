@@ -19,16 +19,25 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
-from _bench_common import MIB, PreparedModel, Row, add_tool_args, clean_env, prepare_models, run_measured
+from _bench_common import (
+    MIB,
+    PreparedModel,
+    Row,
+    add_tool_args,
+    choices,
+    clean_env,
+    prepare_models,
+    run_alternating,
+    run_measured,
+)
 from _bench_table import EE, Goal, _goal, _pair, _value, find, markdown_grid
 from _coreml_plain import BLOCK_SIZE, GROUP_SIZE, MAX_SEQ_LEN, THRESHOLD
 from _coreml_plain import RECIPES as ALL_RECIPES
-from tflite_vs_litert import _choices, _read_files, cpu_model
+from tflite_vs_litert import cpu_model
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("minilm", "smollm2")
@@ -50,13 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--models",
-        type=lambda t: _choices(t, MODELS),
+        type=lambda t: choices(t, MODELS),
         default=list(MODELS),
         help="comma list: minilm,smollm2",
     )
     parser.add_argument(
         "--recipes",
-        type=lambda t: _choices(t, ALL_RECIPES),
+        type=lambda t: choices(t, ALL_RECIPES),
         default=list(DEFAULT_RECIPES),
         help=f"comma list of {','.join(ALL_RECIPES)} (default {','.join(DEFAULT_RECIPES)})",
     )
@@ -145,24 +154,12 @@ def _with_package(row: Row, package: Path, log: Path) -> Row:
 
 def run_exports(args: argparse.Namespace, models: dict[str, PreparedModel], skip: list[str]) -> list[Row]:
     """Every conversion subprocess, one at a time; the tool that goes first alternates per recipe."""
-    rows: list[Row] = []
-    turn = 0
-    for model in models.values():
-        _read_files(model.hf_dir)
-        for recipe in args.recipes:
-            sides: list[Callable[[], Row]] = []
-            if not args.skip_edge_export:
-                sides.append(lambda model=model, recipe=recipe: export_edge_export(model, recipe, args, skip))
-            if not args.skip_plain:
-                sides.append(lambda model=model, recipe=recipe: export_plain(model, recipe, args))
-            if turn % 2:
-                sides.reverse()
-            turn += 1
-            rows += [side() for side in sides]
-    order = {EE: 0, PLAIN: 1}
-    return sorted(
-        rows, key=lambda r: (list(models).index(r.model), ALL_RECIPES.index(r.precision), order[r.tool])
-    )
+    sides = []
+    if not args.skip_edge_export:
+        sides.append((EE, lambda model, recipe: export_edge_export(model, recipe, args, skip)))
+    if not args.skip_plain:
+        sides.append((PLAIN, lambda model, recipe: export_plain(model, recipe, args)))
+    return run_alternating(models, args.recipes, sides, ALL_RECIPES)
 
 
 def coreml_goals(rows: list[Row], models: list[str], recipes: list[str]) -> dict[tuple[str, str, str], Goal]:

@@ -33,8 +33,10 @@ from _bench_common import (
     PreparedModel,
     Row,
     add_tool_args,
+    choices,
     clean_env,
     prepare_models,
+    run_alternating,
     run_measured,
 )
 from _bench_table import BARE, EE, TFL_SIZE_LIMIT, TFL_WALL_LIMIT, common_prefix, render_tflite, tflite_goals
@@ -58,27 +60,18 @@ DECODE_STEPS = 64
 MIN_COSINE = 0.99  # below it an encoder row gets a note: the file computes something else
 
 
-def _choices(text: str, allowed: tuple[str, ...]) -> list[str]:
-    """A comma list of names from `allowed`, kept in `allowed`'s order."""
-    names = {x.strip() for x in text.split(",") if x.strip()}
-    unknown = sorted(names - set(allowed))
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)}, got {text!r}")
-    return [x for x in allowed if x in names]
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--models",
-        type=lambda t: _choices(t, MODELS),
+        type=lambda t: choices(t, MODELS),
         default=list(MODELS),
         help="comma list: minilm,smollm2",
     )
     parser.add_argument(
         "--recipes",
-        type=lambda t: _choices(t, RECIPES),
+        type=lambda t: choices(t, RECIPES),
         default=list(RECIPES),
         help="comma list: fp32,int8,int4",
     )
@@ -188,35 +181,14 @@ def _with_artifact(row: Row, artifact: Path, run: Measured | None = None) -> Row
     return row
 
 
-def _read_files(folder: Path) -> None:
-    """Read a model folder once so that the first export does not pay for a cold page cache."""
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            with path.open("rb") as f:
-                while f.read(1 << 24):
-                    pass
-
-
 def run_exports(args: argparse.Namespace, models: dict[str, PreparedModel], skip: list[str]) -> list[Row]:
     """Every export subprocess, one at a time; the tool that goes first alternates per recipe."""
-    rows: list[Row] = []
-    turn = 0
-    for model in models.values():
-        _read_files(model.hf_dir)
-        for recipe in args.recipes:
-            sides: list[Callable[[], Row]] = []
-            if not args.skip_edge_export:
-                sides.append(lambda model=model, recipe=recipe: export_edge_export(model, recipe, args, skip))
-            if not args.skip_bare:
-                sides.append(lambda model=model, recipe=recipe: export_bare(model, recipe, args))
-            if turn % 2:
-                sides.reverse()
-            turn += 1
-            rows += [side() for side in sides]
-    order = {EE: 0, BARE: 1}
-    return sorted(
-        rows, key=lambda r: (list(models).index(r.model), RECIPES.index(r.precision), order[r.tool])
-    )
+    sides = []
+    if not args.skip_edge_export:
+        sides.append((EE, lambda model, recipe: export_edge_export(model, recipe, args, skip)))
+    if not args.skip_bare:
+        sides.append((BARE, lambda model, recipe: export_bare(model, recipe, args)))
+    return run_alternating(models, args.recipes, sides, RECIPES)
 
 
 def measure_runtime(
