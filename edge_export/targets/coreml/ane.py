@@ -19,6 +19,7 @@ _ANE_UNITS = ("ALL", "CPU_AND_NE")
 
 
 def _reasons(ops: Mapping[str, int], recipe: Recipe, io: Mapping[str, Any]) -> list[str]:
+    """Documented reasons this package would leave the Neural Engine."""
     reasons = []
     if recipe.name == "fp32":
         reasons.append("fp32 compute: the Neural Engine computes in fp16 only, so fp32 runs on CPU/GPU")
@@ -37,6 +38,7 @@ def _reasons(ops: Mapping[str, int], recipe: Recipe, io: Mapping[str, Any]) -> l
 
 
 def _short(reason: str) -> str:
+    """The head of a reason, for the one-line note."""
     return reason.split(":")[0].split(";")[0]
 
 
@@ -49,14 +51,13 @@ def preflight(package: Path, recipe: Recipe, io: Mapping[str, Any]) -> dict[str,
         return {"compute_units": units, "neural_engine_requested": False, "prediction": "not requested",
                 "reasons": [], "warnings": []}  # fmt: skip
     reasons = _reasons(op_histogram(package), recipe, io)
-    blocking = reasons
-    prediction = "cpu-or-gpu" if blocking else "neural-engine"
+    prediction = "cpu-or-gpu" if reasons else "neural-engine"
     return {
         "compute_units": units,
         "neural_engine_requested": True,
         "prediction": prediction,
         "reasons": reasons,
-        "warnings": [f"Neural Engine pre-flight: likely CPU/GPU ({'; '.join(_short(r) for r in blocking)})"]
-        if blocking
+        "warnings": [f"Neural Engine pre-flight: likely CPU/GPU ({'; '.join(_short(r) for r in reasons)})"]
+        if reasons
         else [],
     }

@@ -191,8 +191,8 @@ def decoder_io(model: PreparedModel, recipe: Recipe) -> dict[str, Any]:
     return {
         "kind": "decoder",
         "inputs": [
-            {"name": "input_ids", "dtype": "int32", "shape": [1, "sequence"]},
-            {"name": "cache_position", "dtype": "int32", "shape": ["sequence"]},
+            {"name": "input_ids", "dtype": "int32", "shape": [1, "sequence"], "flexible": "range"},
+            {"name": "cache_position", "dtype": "int32", "shape": ["sequence"], "flexible": "range"},
         ],
         "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "sequence", int(conf.vocab_size)]}],
         "primary_output": "logits",
