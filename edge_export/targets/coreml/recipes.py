@@ -63,15 +63,17 @@ RECIPES = (
     ),
     Recipe(
         "coreml:palettize-4bit", "int4",
-        "4-bit palettized linear weights (k-means, one 16-entry table per group of group_size "
-        "output channels; 0 = one table per tensor), fp16 compute",
+        "4-bit palettized weights (k-means, one 16-entry table per group of group_size "
+        "output channels; 0 = one table per tensor; tensors whose rows do not divide into groups, "
+        "like token tables, get one 8-bit table), fp16 compute",
         options=dict(_COMMON) | {"group_size": 32},
         gates=_INT4_GATES,
     ),
     Recipe(
         "coreml:palettize-6bit", "int8",
-        "6-bit palettized linear weights (k-means, one 64-entry table per group of group_size "
-        "output channels), fp16 compute; precision class int8 (6 bits per weight)",
+        "6-bit palettized weights (k-means, one 64-entry table per group of group_size "
+        "output channels; tensors whose rows do not divide into groups get one 8-bit table), fp16 "
+        "compute; precision class int8 (6 bits per weight)",
         options=dict(_COMMON) | {"group_size": 32},
         gates=_INT8_GATES,
     ),
