@@ -373,3 +373,39 @@ def run_alternating(
     order = {tool: i for i, (tool, _) in enumerate(sides)}
     names = list(models)
     return sorted(rows, key=lambda r: (names.index(r.model), recipe_order.index(r.precision), order[r.tool]))
+
+
+def sentence_embedder(model: Any) -> Any:
+    """`model` wrapped to return last_hidden_state and the normalized mean-pooled embedding, the way
+    sentence-transformers pools all-MiniLM-L6-v2 (what the bare/plain sides of the benchmarks export)."""
+    import torch
+
+    class SentenceEmbedder(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = inner
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+            return hidden, torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
+
+    return SentenceEmbedder(model)
+
+
+def add_model_recipe_args(
+    parser: argparse.ArgumentParser,
+    models: tuple[str, ...],
+    recipes: tuple[str, ...],
+    default: tuple[str, ...],
+) -> None:
+    """--models and --recipes as comma lists checked against what the benchmark knows."""
+    parser.add_argument("--models", type=lambda t: choices(t, models), default=list(models),
+                        help=f"comma list: {','.join(models)}")  # fmt: skip
+    parser.add_argument("--recipes", type=lambda t: choices(t, recipes), default=list(default),
+                        help=f"comma list of {','.join(recipes)} (default {','.join(default)})")  # fmt: skip

@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from _bench_common import sentence_embedder
+
 MAX_SEQ_LEN = 512
 THRESHOLD = 2048  # compress.py's weight_threshold: every float weight with >= 2048 elements
 BLOCK_SIZE = 32  # coreml:int4-block
@@ -49,24 +51,7 @@ def convert_minilm(hf_dir: Path, target: Any) -> Any:
     import torch
     from transformers import AutoModel
 
-    class SentenceEmbedder(torch.nn.Module):
-        """last_hidden_state and the normalized mean-pooled embedding (sentence-transformers)."""
-
-        def __init__(self, model: torch.nn.Module) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            hidden = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            return hidden, torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
-
-    module = SentenceEmbedder(AutoModel.from_pretrained(hf_dir, dtype=torch.float32).eval()).eval()
+    module = sentence_embedder(AutoModel.from_pretrained(hf_dir, dtype=torch.float32).eval()).eval()
     names = ("input_ids", "attention_mask", "token_type_ids")
     example = (
         torch.randint(0, 1000, (1, 8)),

@@ -27,6 +27,8 @@ import sys
 import types
 from pathlib import Path
 
+from _bench_common import sentence_embedder
+
 BUCKETS = (16, 32, 64, 128, 256, 512)
 PREFILL_LENGTHS = (8, 64)
 CACHE_LENGTH = 1024
@@ -41,24 +43,7 @@ def convert_minilm(hf_dir: Path, out: Path) -> None:
     import torch
     from transformers import AutoModel
 
-    class SentenceEmbedder(torch.nn.Module):
-        """last_hidden_state and the normalized mean-pooled embedding (sentence-transformers)."""
-
-        def __init__(self, model: torch.nn.Module) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            hidden = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            return hidden, torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
-
-    module = SentenceEmbedder(AutoModel.from_pretrained(hf_dir).eval()).eval()
+    module = sentence_embedder(AutoModel.from_pretrained(hf_dir).eval()).eval()
     converter = litert_torch.Converter()
     for n in BUCKETS:
         # one tensor per input: inputs sharing a tensor are traced as one graph input (aliased)

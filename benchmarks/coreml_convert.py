@@ -27,8 +27,8 @@ from _bench_common import (
     MIB,
     PreparedModel,
     Row,
+    add_model_recipe_args,
     add_tool_args,
-    choices,
     clean_env,
     prepare_models,
     run_alternating,
@@ -57,18 +57,7 @@ METRICS = [  # (field, label, format, scale)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--models",
-        type=lambda t: choices(t, MODELS),
-        default=list(MODELS),
-        help="comma list: minilm,smollm2",
-    )
-    parser.add_argument(
-        "--recipes",
-        type=lambda t: choices(t, ALL_RECIPES),
-        default=list(DEFAULT_RECIPES),
-        help=f"comma list of {','.join(ALL_RECIPES)} (default {','.join(DEFAULT_RECIPES)})",
-    )
+    add_model_recipe_args(parser, MODELS, ALL_RECIPES, DEFAULT_RECIPES)
     add_tool_args(parser, None, None, anchor="plain", anchor_label="the plain coremltools recipe")
     return parser.parse_args(argv)
 

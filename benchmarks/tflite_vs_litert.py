@@ -32,8 +32,8 @@ from _bench_common import (
     Measured,
     PreparedModel,
     Row,
+    add_model_recipe_args,
     add_tool_args,
-    choices,
     clean_env,
     prepare_models,
     run_alternating,
@@ -63,18 +63,7 @@ MIN_COSINE = 0.99  # below it an encoder row gets a note: the file computes some
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--models",
-        type=lambda t: choices(t, MODELS),
-        default=list(MODELS),
-        help="comma list: minilm,smollm2",
-    )
-    parser.add_argument(
-        "--recipes",
-        type=lambda t: choices(t, RECIPES),
-        default=list(RECIPES),
-        help="comma list: fp32,int8,int4",
-    )
+    add_model_recipe_args(parser, MODELS, RECIPES, RECIPES)
     add_tool_args(parser, None, None, anchor="bare", anchor_label="the bare litert-torch call")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT CPU threads (both tools)")
     parser.add_argument(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,6 @@ def test_compute_units_come_from_the_manifest_and_are_checked() -> None:
         coreml_model.compute_units({"recipe": {"options": {"compute_units": "NPU"}}})
 
 
-@pytest.mark.skipif(platform.system() == "Darwin", reason="checks the off-macOS answer")
 def test_off_macos_a_coreml_bundle_is_not_run_before_coremltools_is_imported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -48,5 +46,6 @@ def test_off_macos_a_coreml_bundle_is_not_run_before_coremltools_is_imported(
         raise AssertionError("coremltools imported before the platform check")
 
     monkeypatch.setattr(coreml_model, "runtime_version", slow_import)
+    monkeypatch.setattr(coreml_model.platform, "system", lambda: "Linux")  # the answer on any non-Mac
     with pytest.raises(NotRunnableHere, match="needs macOS"):
         load_bundle(tmp_path)
