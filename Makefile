@@ -5,9 +5,20 @@ STAMP := $(VENV)/.edge-export-installed
 MODEL ?= minilm
 OUT ?= out/$(MODEL)
 
-.PHONY: setup demo test lint clean
+# Debian packages the device-runner tests use for real: sshd (SSH/apple runners), the adb client
+# (Android runner, against the stand-in in tests/), qemu-user (the aarch64 "Pi stand-in").
+SYSTEM_PACKAGES := openssh-server adb qemu-user-static
 
-setup: $(STAMP)
+.PHONY: setup system-packages demo test lint clean
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@missing="$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "error: missing packages: sudo apt-get install $$missing" >&2; exit 1; fi; \
+		apt-get install -y -q $$missing >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; }; \
+	fi
 
 # torch first (the CPU wheel on local disk); a bare `torch` from the resolver would be a CUDA build.
 $(STAMP): pyproject.toml constraints.txt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from edge_export.config import ExportConfig, LatencyConfig
 from edge_export.devices import get_device
+from edge_export.devices.inventory import DeviceSpec
 from edge_export.errors import ConfigError, DeviceError, InputError
 from edge_export.exporter.bundle import verify_bundle
 from edge_export.report.progress import Progress
@@ -41,19 +43,26 @@ def targets_info() -> list[dict[str, Any]]:
     return info
 
 
-def devices_info(check: bool = False) -> list[dict[str, Any]]:
-    """Configured devices; with `check`, their facts and runtimes as they report them."""
+def devices_info(
+    check: bool = False, inventory: Mapping[str, DeviceSpec] | None = None
+) -> list[dict[str, Any]]:
+    """Configured devices; with `check`, whether each answers, its facts and runtimes."""
     from edge_export.devices import known_devices
 
     info = []
-    for name in known_devices():
-        entry: dict[str, Any] = {"name": name}
+    for name in known_devices(inventory):
+        spec = (inventory or {}).get(name)
+        entry: dict[str, Any] = {"name": name, "type": spec.type if spec else "local"}
+        if spec is not None and spec.labels:
+            entry["labels"] = spec.labels
         if check:
-            device = get_device(name)
+            device = get_device(name, inventory)
             try:
                 entry.update(device.info(), runtimes=device.runtimes(), reachable=True)
             except DeviceError as exc:
                 entry.update(reachable=False, error=exc.one_line())
+            finally:
+                device.cleanup()
         info.append(entry)
     return info
 
@@ -95,7 +104,9 @@ def bench_inputs(bundle: Path, manifest: dict[str, Any], lat: LatencyConfig) -> 
     return latency_feeds(ids, lat.batch_size, decoder, token_types)
 
 
-def bench(bundle: Path, devices: list[str], lat: LatencyConfig) -> tuple[dict[str, Any], int]:
+def bench(
+    bundle: Path, devices: list[str], lat: LatencyConfig, inventory: Mapping[str, DeviceSpec] | None = None
+) -> tuple[dict[str, Any], int]:
     """Latency of an existing bundle on each device; exit 4 when a device fails."""
     if not bundle.is_dir():
         raise InputError(f"bundle {bundle} does not exist", hint="pass a bundle folder from OUT")
@@ -104,8 +115,12 @@ def bench(bundle: Path, devices: list[str], lat: LatencyConfig) -> tuple[dict[st
     decoder = manifest["io"]["kind"] == "decoder"
     result = new_result(manifest["target"], manifest["recipe"]["id"], manifest["recipe"]["precision"])
     result.update(status="passed", bundle=str(bundle), artifact=manifest["artifact"])
-    for name in devices or ["local"]:
-        result["latency_by_device"].append(latency_entry(get_device(name), bundle, inputs, lat, decoder))
+    chosen = [get_device(name, inventory) for name in dict.fromkeys(devices or ["local"])]
+    for device in chosen:
+        try:
+            result["latency_by_device"].append(latency_entry(device, bundle, inputs, lat, decoder))
+        finally:
+            device.cleanup()
     result["latency"] = result["latency_by_device"][0] if result["latency_by_device"] else None
     if result["latency_by_device"] and all(e.get("not_run") for e in result["latency_by_device"]):
         result["status"] = "not_run"

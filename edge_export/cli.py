@@ -33,10 +33,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _inventory_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--inventory", type=Path, metavar="FILE", help="devices file (YAML/TOML): name -> connection entry"
+    )
+
+
 def _latency_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", action="append", dest="devices", metavar="NAME", help="device to measure on (repeatable)"
     )
+    _inventory_flag(p)
     p.add_argument("--warmup", type=int, help="warmup iterations")
     p.add_argument("--iterations", type=int, help="timed iterations")
 
@@ -95,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(tgt)
     dev = sub.add_parser("devices", help="known devices, their facts and runtimes")
     dev.add_argument("--check", action="store_true", help="ask each device for its facts and runtimes")
+    dev.add_argument("--config", type=Path, help="config file whose `inventory:` declares devices")
+    _inventory_flag(dev)
     _common(dev)
     return parser
 
@@ -109,6 +118,8 @@ def _export_config(args: argparse.Namespace) -> Any:
         "trust_remote_code": args.trust_remote_code, "devices": args.devices,
         "require_full_delegation": args.require_full_delegation,
     }  # fmt: skip
+    if args.inventory:
+        flags["inventory"] = {**file_values.get("inventory", {}), **_inventory_data(args.inventory)}
     nested = _nested_flags(args)
     if args.no_validate:
         nested["validation"]["enabled"] = False
@@ -118,10 +129,39 @@ def _export_config(args: argparse.Namespace) -> Any:
     return build_config(file_values, flags)
 
 
+def _inventory_data(path: Path) -> dict[str, Any]:
+    from edge_export.config import read_config_file
+
+    data = read_config_file(path)
+    return data["inventory"] if set(data) == {"inventory"} else data
+
+
+def _inventory(args: argparse.Namespace) -> dict[str, Any]:
+    """The devices declared by --config (its `inventory:`) and --inventory, validated."""
+    from edge_export.config import read_config_file
+    from edge_export.devices.inventory import parse_inventory, read_inventory
+
+    specs: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        specs.update(parse_inventory(read_config_file(args.config).get("inventory", {}), str(args.config)))
+    if getattr(args, "inventory", None):
+        specs.update(read_inventory(args.inventory))
+    return specs
+
+
 def _nested_flags(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     latency = {k: getattr(args, k) for k in ("warmup", "iterations") if getattr(args, k, None) is not None}
     validation = {"data": args.data} if getattr(args, "data", None) else {}
     return {"latency": latency, "validation": validation}
+
+
+def _device_line(device: dict[str, Any]) -> str:
+    if device.get("reachable") is False:
+        return f"{device['name']} ({device['type']}): unreachable"
+    if "arch" not in device:
+        return f"{device['name']} ({device['type']})"
+    runtimes = ", ".join(f"{k} {v}" if v else f"{k}: missing" for k, v in device.get("runtimes", {}).items())
+    return f"{device['name']} ({device['type']}): {device['arch']} {device.get('os', '')} [{runtimes}]"
 
 
 def _emit(report: dict[str, Any], as_json: bool) -> None:
@@ -155,14 +195,16 @@ def _dispatch(args: argparse.Namespace) -> int:
                     print(f"  {recipe['id']:<24} {recipe['precision']:<5} {recipe['description']}")
         return 0
     if args.command == "devices":
-        info = api.devices_info(check=args.check)
+        info = api.devices_info(check=args.check, inventory=_inventory(args))
         if args.json:
             print(json.dumps(info, indent=2))
         else:
             for device in info:
-                runtimes = ", ".join(f"{k}: {v or 'missing'}" for k, v in device.get("runtimes", {}).items())
-                print(f"{device['name']}: {device.get('arch', '?')} {device.get('os', '')} [{runtimes}]")
-        return 0
+                print(_device_line(device))
+        unreachable = [d for d in info if d.get("reachable") is False]
+        for device in unreachable:
+            print(f"error: {device['error']}", file=sys.stderr)
+        return 4 if unreachable else 0
     progress = Progress(enabled=False if args.json else None)
     if args.command == "export":
         report, code = api.export(_export_config(args), progress)
@@ -170,15 +212,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in _nested_flags(args).items() if v}
         if args.devices:
             overrides["devices"] = args.devices
+        inventory = _inventory(args)
+        if inventory:
+            overrides["inventory"] = inventory
         report, code = api.validate(args.bundle, overrides, progress)
     else:
         lat = LatencyConfig(**_nested_flags(args)["latency"])
-        report, code = api.bench(args.bundle, args.devices or ["local"], lat)
+        report, code = api.bench(args.bundle, args.devices or ["local"], lat, _inventory(args))
     _emit(report, args.json)
     for result in report["results"]:
         messages = [
             (result.get("error") or {}).get("message") or (result.get("accuracy") or {}).get("failure"),
             result.get("residency_failure"),
+            *result.get("device_failures", []),
+            *[e["error"]["message"] for e in result["latency_by_device"] if "error" in e],
         ]
         for message in filter(None, messages):
             print(f"error: {message}", file=sys.stderr)

@@ -11,6 +11,7 @@ import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge_export.devices.inventory import DeviceSpec
 from edge_export.errors import ConfigError
 
 
@@ -57,6 +58,7 @@ class ExportConfig(_Strict):
     revision: str | None = None
     require_full_delegation: bool = False
     devices: list[str] = Field(default_factory=lambda: ["local"])
+    inventory: dict[str, DeviceSpec] = Field(default_factory=dict)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
 

@@ -1,15 +1,20 @@
-"""Devices that run bundles: local now; ssh, adb and apple plug in through the same protocol."""
+"""Devices that run bundles: local, ssh (Linux boards), adb (Android), apple (a Mac over SSH).
+
+Built-in `local` always exists; the others come from the inventory (config `inventory:` or a
+devices file), and third-party runners register under the `edge_export.devices` entry point.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 
 from edge_export.devices.base import Device
+from edge_export.devices.inventory import DeviceSpec
 from edge_export.errors import ConfigError
 
 
-def _factories() -> dict[str, Callable[[], Device]]:
+def _plugins() -> dict[str, Callable[[], Device]]:
     from edge_export.devices.local import LocalDevice
 
     factories: dict[str, Callable[[], Device]] = {"local": LocalDevice}
@@ -18,16 +23,38 @@ def _factories() -> dict[str, Callable[[], Device]]:
     return factories
 
 
-def known_devices() -> list[str]:
-    """Names of every device that can be asked for."""
-    return sorted(_factories())
+def from_spec(name: str, spec: DeviceSpec) -> Device:
+    """Build the runner an inventory entry asks for."""
+    if spec.type == "local":
+        from edge_export.devices.local import LocalDevice
+
+        return LocalDevice(timeout_s=spec.command_timeout_s, threads=spec.threads, name=name)
+    if spec.type == "ssh":
+        from edge_export.devices.ssh import SshDevice
+
+        return SshDevice(name, spec)
+    if spec.type == "apple":
+        from edge_export.devices.apple import AppleDevice
+
+        return AppleDevice(name, spec)
+    from edge_export.devices.adb import AdbDevice
+
+    return AdbDevice(name, spec)
 
 
-def get_device(name: str) -> Device:
-    """A device by name (built-ins and `edge_export.devices` entry points)."""
-    factories = _factories()
+def known_devices(inventory: Mapping[str, DeviceSpec] | None = None) -> list[str]:
+    """Names of every device that can be asked for: built-ins, plug-ins, the inventory."""
+    return sorted(set(_plugins()) | set(inventory or {}))
+
+
+def get_device(name: str, inventory: Mapping[str, DeviceSpec] | None = None) -> Device:
+    """A device by name: the inventory first, then built-ins and `edge_export.devices` entry points."""
+    if inventory and name in inventory:
+        return from_spec(name, inventory[name])
+    factories = _plugins()
     if name not in factories:
         raise ConfigError(
-            f"unknown device '{name}'", hint=f"configured devices: {', '.join(sorted(factories))}"
+            f"unknown device '{name}'",
+            hint=f"declare it in the inventory (known: {', '.join(known_devices(inventory))})",
         )
     return factories[name]()

@@ -17,7 +17,7 @@ from edge_export.config import ExportConfig
 from edge_export.devices import get_device
 from edge_export.devices.agent.measure import peak_rss_mb
 from edge_export.devices.base import Device
-from edge_export.errors import ExportError, InputError, Interrupted, NotRunnableHere
+from edge_export.errors import DeviceError, ExportError, InputError, Interrupted, NotRunnableHere
 from edge_export.exporter.bundle import StagedOutput, file_hashes, write_manifest
 from edge_export.exporter.loading import prepare
 from edge_export.exporter.plan import PlannedRun, plan_runs
@@ -52,7 +52,7 @@ class ExportRun:
         self.progress = progress
         self.plan: list[PlannedRun] = plan_runs(cfg)
         self.text: TextData = load_text(cfg.validation.data)
-        self.devices: list[Device] = [get_device(name) for name in dict.fromkeys(cfg.devices)]
+        self.devices: list[Device] = [get_device(name, cfg.inventory) for name in dict.fromkeys(cfg.devices)]
         self.model: PreparedModel | None = None
         self.validator: Validator | None = None
         self.calibration: CalibrationSet | None = None
@@ -136,10 +136,9 @@ class ExportRun:
         self._check_residency(result)
         if self.cfg.latency.enabled:
             with timed(timings, "latency"):
-                result["latency_by_device"] = [
-                    self.measure_latency(d, bundle, recipe.id) for d in self.devices
-                ]
+                result["latency_by_device"] = [self.measure_latency(d, bundle, run) for d in self.devices]
             result["latency"] = result["latency_by_device"][0]
+            device_gates_failed(result)
         manifest.update(validation=result["accuracy"], latency=result["latency_by_device"])
         write_manifest(bundle, manifest, hashes)
         return result
@@ -202,14 +201,64 @@ class ExportRun:
             "details": measured.details,
         }
 
-    def measure_latency(self, device: Device, bundle: Path, recipe_id: str) -> dict[str, Any]:
-        """Latency of one bundle on one device, on real-text inputs of the configured size."""
+    def measure_latency(self, device: Device, bundle: Path, run: PlannedRun) -> dict[str, Any]:
+        """Latency of one bundle on one device, on real-text inputs of the configured size.
+
+        A device other than this machine also has its outputs gated against the PyTorch reference
+        (the host runtime's accuracy was already measured on the full validation set)."""
         lat = self.cfg.latency
         decoder = self.model.io.kind == "decoder"
         tokens = lat.prompt_tokens if decoder else lat.sequence_length
         inputs = latency_inputs(self.model, self.text, lat.batch_size, tokens)
-        with self.progress.task(f"{recipe_id}: measuring latency on {device.name}"):
-            return latency_entry(device, bundle, inputs, lat, decoder)
+        check = None
+        if self.validator is not None and getattr(device, "kind", "local") != "local":
+            check = self._device_check(run, device.name, inputs)
+        with self.progress.task(f"{run.recipe.id}: measuring on {device.name}"):
+            return latency_entry(device, bundle, inputs, lat, decoder, check)
+
+    def _device_check(self, run: PlannedRun, device: str, inputs: dict[str, Any]) -> Any:
+        def check(outputs: dict[str, Any]) -> dict[str, Any]:
+            metrics = self.validator.device_metrics(inputs, outputs)
+            thresholds = resolve_thresholds(
+                run.recipe.id, run.recipe.precision, run.recipe.gates, self.cfg.validation.gates
+            )
+            gates = evaluate(metrics, thresholds)
+            return {
+                "measured_on": device,
+                "metrics": metrics,
+                "gates": [g.to_dict() for g in gates],
+                "failure": failure_message(f"{run.recipe.id} on {device}", gates),
+            }
+
+        return check
+
+    def device_info(self) -> list[dict[str, Any]]:
+        """Facts of every device of the run; an unreachable one is listed with its error."""
+        facts = []
+        for device in self.devices:
+            try:
+                facts.append(device.info())
+            except DeviceError as exc:
+                facts.append({"name": device.name, "error": exc.one_line()})
+        return facts
+
+    def close(self) -> None:
+        """Clean up what the run left on remote devices (best effort)."""
+        for device in self.devices:
+            device.cleanup()
+
+
+def device_gates_failed(result: dict[str, Any]) -> None:
+    """A device whose outputs fail the accuracy gates fails the result (exit 1), like the host."""
+    failures = [
+        e["accuracy"]["failure"]
+        for e in result["latency_by_device"]
+        if (e.get("accuracy") or {}).get("failure")
+    ]
+    if failures and result["status"] in ("passed", "not_run"):
+        result["status"] = "failed"
+    if failures:
+        result["device_failures"] = failures
 
 
 def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dict[str, Any], int]:
@@ -227,7 +276,7 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dic
                       "family": model.family.name},
             "versions": tool_versions(),
             "validation_data": run.text.origin,
-            "devices": [d.info() for d in run.devices],
+            "devices": run.device_info(),
             "run": {**run.timings, "wall_s": round(time.perf_counter() - started, 3), "peak_rss_mb": peak_rss_mb()},
             "results": results,
         }  # fmt: skip
@@ -239,4 +288,6 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dic
     except Exception:
         staged.discard()
         raise
+    finally:
+        run.close()
     return report, exit_code(results)

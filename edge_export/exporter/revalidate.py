@@ -7,7 +7,7 @@ from typing import Any
 
 from edge_export.config import ExportConfig
 from edge_export.errors import InputError
-from edge_export.exporter.orchestrate import ExportRun
+from edge_export.exporter.orchestrate import ExportRun, device_gates_failed
 from edge_export.exporter.plan import PlannedRun
 from edge_export.report.progress import Progress
 from edge_export.report.schema import new_result, single_result_report
@@ -44,8 +44,12 @@ def revalidate(
         if result["accuracy"].get("failure"):
             result["status"] = "failed"
     if cfg.latency.enabled:
-        result["latency_by_device"] = [run.measure_latency(d, bundle, recipe.id) for d in run.devices]
+        try:
+            result["latency_by_device"] = [run.measure_latency(d, bundle, planned) for d in run.devices]
+        finally:
+            run.close()
         result["latency"] = result["latency_by_device"][0]
+        device_gates_failed(result)
     return single_result_report(manifest, result)
 
 

@@ -58,6 +58,7 @@ class Validator:
             self.cases = encoder_cases(model, text)
         self.ref_outputs = [reference.run(c.feeds) for c in self.cases]
         self.ref_lm: dict[str, Any] = {}
+        self._device_generations: dict[tuple[int, ...], list[int]] = {}
         if model.io.kind == "decoder":
             self.ref_lm = self._lm_measure(reference)
 
@@ -221,6 +222,35 @@ class Validator:
             "candidate_generation": self._decode(cand["generated"]),
         }
         return metrics, details
+
+    def device_metrics(
+        self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> dict[str, float]:
+        """Score what a device returned for `feeds` against the PyTorch reference on the same feeds.
+
+        Graph runs: the primary output's error, SQNR and worst row cosine, plus the task metric.
+        Generate runs (decoders): how much of the device's greedy continuation of the prompt is
+        identical to PyTorch's (`generation_match`).
+        """
+        reference = self.model.reference()
+        if self.model.io.kind == "decoder":
+            prompt = [int(t) for t in feeds["prompt_ids"].reshape(-1)]
+            key = tuple(prompt)
+            if key not in self._device_generations:
+                session = session_for(reference, self.model.io.to_dict())
+                self._device_generations[key] = greedy_generate(session, prompt, self.generate_tokens)
+            ref = self._device_generations[key]
+            cand = [int(t) for t in outputs["generated_ids"].reshape(-1)]
+            count = min(len(ref), len(cand))
+            return {"generation_match": m.matching_prefix(ref[:count], cand[:count]) / max(1, count)}
+        ref_out = reference.run(feeds)
+        case = Case("device", feeds, feeds["attention_mask"].astype(bool))
+        primary = self.model.io.primary_output
+        metrics = _row_metrics(case, ref_out[primary], outputs[primary])
+        task_metric = self._task_metric_name()
+        if task_metric:
+            metrics[task_metric] = self._task_value(case, ref_out, outputs)
+        return metrics
 
     def _decode(self, ids: list[int]) -> str | list[int]:
         tok = self.model.tokenizer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,18 @@ from edge_export.validation.latency import decode_rate, summarize
 
 
 def latency_entry(
-    device: Device, bundle: Path, inputs: dict[str, np.ndarray], lat: LatencyConfig, decoder: bool
+    device: Device,
+    bundle: Path,
+    inputs: dict[str, np.ndarray],
+    lat: LatencyConfig,
+    decoder: bool,
+    check: Callable[[dict[str, np.ndarray]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Timings on one device; a device failure becomes an entry with `error` (exit 4), not a raise."""
+    """Timings on one device; a device failure becomes an entry with `error` (exit 4), not a raise.
+
+    `check` scores the outputs the device returned (gated accuracy against the PyTorch reference
+    on the same inputs); its result goes in the entry as `accuracy`.
+    """
     mode = "generate" if decoder else "graph"
     try:
         res = device.run(
@@ -45,4 +55,6 @@ def latency_entry(
         entry.update(
             batch_size=int(inputs["input_ids"].shape[0]), sequence_length=int(inputs["input_ids"].shape[1])
         )
+    if check is not None:
+        entry["accuracy"] = check(res.outputs)
     return entry

@@ -2,6 +2,8 @@
 
 Writes O/outputs.npz and O/timings.json. Exit 0 on success; 3 when the bundle's runtime is
 missing (timings.json then carries the error); 1 on any other failure (also in timings.json).
+`info [--work-dir W]` prints the device's facts as JSON; `verify --root R --hashes H` checks pushed
+files against their sha256 (exit 0 when all match, 5 otherwise).
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import argparse
 import itertools
 import json
 import platform
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .facts import device_info, print_json, verify
 from .lm import greedy_generate, session_for
 from .measure import now_ms, peak_rss_mb
 from .runtimes import MissingRuntime, load_bundle
@@ -54,9 +58,22 @@ def _generate_mode(
     return {"ttft_ms": ttft, "decode_ms": decode_ms, "latencies_ms": ttft}
 
 
+def _time_limit(seconds: float) -> None:
+    """Stop the run by itself after `seconds` (a host that lost the connection cannot stop it)."""
+    if seconds <= 0 or not hasattr(signal, "SIGALRM"):
+        return
+
+    def expired(*_: Any) -> None:
+        raise TimeoutError(f"the run exceeded its time limit of {seconds:.0f}s")
+
+    signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
 def run(args: argparse.Namespace) -> int:
     """Load, feed, time; always leaves a timings.json behind."""
     args.out.mkdir(parents=True, exist_ok=True)
+    _time_limit(args.time_limit)
     report: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine()}
     code = 0
     try:
@@ -77,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # the host reads the error from timings.json
         report["error"] = {"type": type(exc).__name__, "message": str(exc).splitlines()[0][:500]}
         code = 1
+    if hasattr(signal, "SIGALRM"):
+        signal.setitimer(signal.ITIMER_REAL, 0)
     report["peak_rss_mb"] = peak_rss_mb()
     (args.out / "timings.json").write_text(json.dumps(report))
     return code
@@ -95,7 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--iterations", type=int, default=20)
     cmd.add_argument("--decode-tokens", type=int, default=32)
     cmd.add_argument("--threads", type=int, default=None)
+    cmd.add_argument("--time-limit", type=float, default=0.0, help="seconds; 0 = none")
+    info = sub.add_parser("info")
+    info.add_argument("--work-dir", type=Path, default=None)
+    check = sub.add_parser("verify")
+    check.add_argument("--root", type=Path, required=True)
+    check.add_argument("--hashes", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.command == "info":
+        print_json(device_info(args.work_dir))
+        return 0
+    if args.command == "verify":
+        result = verify(args.root, json.loads(args.hashes.read_text()))
+        print_json(result)
+        return 0 if result["ok"] else 5
     return run(args)
 
 
