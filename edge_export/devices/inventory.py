@@ -41,8 +41,6 @@ class DeviceSpec(BaseModel):
     serial: str | None = None
     adb: str = "adb"
     adb_server_port: int = Field(5037, ge=1, le=65535)
-    runner: Literal["python", "native"] = "python"
-    native: dict[str, str] = Field(default_factory=dict)  # target -> device path of its benchmark tool
 
     @model_validator(mode="after")
     def _needs_host(self) -> DeviceSpec:

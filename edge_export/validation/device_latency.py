@@ -44,6 +44,8 @@ def latency_entry(
         "runtime": res.runtime,
         "providers": res.extra.get("providers"),
     }
+    if "compute" in res.extra:  # Core ML on a Mac: where each operation was planned to run
+        entry["compute_plan"] = res.extra["compute"]
     if decoder:
         entry.update(
             prompt_tokens=int(inputs["prompt_ids"].size),

@@ -155,7 +155,9 @@ def test_unknown_host_is_refused_with_its_fingerprint(sshd: LocalSshd, tmp_path:
     expected = subprocess.run(
         ["ssh-keygen", "-l", "-f", str(sshd.host_key.with_suffix(".pub"))], capture_output=True, text=True
     ).stdout.split()[1]
-    with pytest.raises(DeviceError, match=f"unknown host key for .*ssh-ed25519 {re.escape(expected)}; refusing") as info:
+    with pytest.raises(
+        DeviceError, match=f"unknown host key for .*ssh-ed25519 {re.escape(expected)}; refusing"
+    ) as info:
         _device(sshd, tmp_path, known_hosts=str(empty)).info()
     assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {empty}" in str(info.value)
     opted_in = _device(sshd, tmp_path, known_hosts=str(empty), accept_unknown_host=True)

@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
             report.update(_graph_mode(model, feeds, args))
         if hasattr(model, "providers"):
             report["providers"] = model.providers()
+        if hasattr(model, "compute_plan"):
+            report["compute"] = model.compute_plan()
     except MissingRuntime as exc:
         report["error"] = {"type": type(exc).__name__, "message": str(exc)}
         code = 3

@@ -62,14 +62,61 @@ def padded_feeds(feeds: Mapping[str, Any], names: list[str], buckets: list[int])
     return padded
 
 
+_DEVICE_NAMES = {
+    "MLNeuralEngineComputeDevice": "neural_engine",
+    "MLGPUComputeDevice": "gpu",
+    "MLCPUComputeDevice": "cpu",
+}
+
+
+def _operations(block: Any) -> list[Any]:
+    found = []
+    for op in block.operations:
+        found.append(op)
+        for inner in getattr(op, "blocks", None) or []:
+            found += _operations(inner)
+    return found
+
+
+def summarize_compute_plan(plan: Any) -> dict[str, Any]:
+    """Where Core ML plans to run each ML Program operation (MLComputePlan, macOS 14.4+): operation
+    counts and estimated cost share per preferred device, and which operator types stay on the CPU."""
+    program = plan.model_structure.program
+    counts: dict[str, int] = {}
+    cost: dict[str, float] = {}
+    cpu_ops: dict[str, int] = {}
+    total = 0
+    for function in program.functions.values():
+        for op in _operations(function.block):
+            if op.operator_name in ("const",):
+                continue
+            total += 1
+            usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
+            kind = type(usage.preferred_compute_device).__name__ if usage is not None else "unknown"
+            device = _DEVICE_NAMES.get(kind, kind)
+            counts[device] = counts.get(device, 0) + 1
+            estimate = plan.get_estimated_cost_for_mlprogram_operation(op)
+            cost[device] = cost.get(device, 0.0) + (float(estimate.weight) if estimate is not None else 0.0)
+            if device == "cpu":
+                cpu_ops[op.operator_name] = cpu_ops.get(op.operator_name, 0) + 1
+    spent = sum(cost.values()) or 1.0
+    return {
+        "operations": total,
+        "by_device": counts,
+        "cost_share_by_device": {k: round(v / spent, 4) for k, v in cost.items()},
+        "neural_engine_ops_pct": round(100.0 * counts.get("neural_engine", 0) / max(1, total), 1),
+        "cpu_ops_by_type": dict(sorted(cpu_ops.items(), key=lambda kv: -kv[1])),
+    }
+
+
 class CoremlModel:  # pragma: no cover - predictions need macOS; the feed helpers above are tested
     """A loaded ML Program plus the manifest's IO names."""
 
     def __init__(self, path: Path, manifest: Mapping[str, Any]) -> None:
         import coremltools as ct
 
-        units = getattr(ct.ComputeUnit, compute_units(manifest))
-        self.model = ct.models.MLModel(str(path), compute_units=units)
+        self.units = compute_units(manifest)
+        self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, self.units))
         io = manifest["io"]
         self.kind = io.get("kind", "encoder")
         self.input_names = [t["name"] for t in io["inputs"]]
@@ -89,6 +136,19 @@ class CoremlModel:  # pragma: no cover - predictions need macOS; the feed helper
                 value = np.asarray(pred[name], dtype=np.float32)
                 outs[name].append(value[:, :length] if value.ndim >= 3 else value)
         return {name: np.concatenate(parts, axis=0) for name, parts in outs.items()}
+
+    def compute_plan(self) -> dict[str, Any]:
+        """The per-operation compute-device plan of the loaded package (ANE residency)."""
+        import coremltools as ct
+        from coremltools.models.compute_plan import MLComputePlan
+
+        try:
+            plan = MLComputePlan.load_from_path(
+                self.model.get_compiled_model_path(), compute_units=getattr(ct.ComputeUnit, self.units)
+            )
+            return summarize_compute_plan(plan)
+        except Exception as exc:  # older macOS: the plan API is missing; say so instead of guessing
+            return {"unavailable": f"{type(exc).__name__}: {exc}"[:300]}
 
     def lm_session(self) -> CoremlStateSession | None:
         """A KV-cache session for stateful LM packages, None for encoders."""

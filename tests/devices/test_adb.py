@@ -1,0 +1,156 @@
+"""The adb runner with the real `adb` client and a private adb server, against the stand-in device
+in adb_standin.py (a test double speaking the adb wire protocol on 127.0.0.1; not Android)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from adb_standin import AdbStandin
+from conftest import run_cli
+from sshd import free_port
+
+from edge_export.devices.adb import AdbDevice
+from edge_export.devices.inventory import DeviceSpec
+from edge_export.devices.local import LocalDevice
+from edge_export.errors import DeviceError
+
+NASTY = "data local 'tmp'; touch PWNED"
+GETPROP = """#!/bin/sh
+echo '[ro.product.manufacturer]: [Stand-in]'
+echo '[ro.product.model]: [Stand-in Phone]'
+echo '[ro.soc.model]: [SM8650]'
+echo '[ro.product.cpu.abi]: [arm64-v8a]'
+echo '[ro.build.version.release]: [15]'
+echo '[ro.build.version.sdk]: [35]'
+echo '[persist.sys.timezone]: [UTC]'
+"""
+
+
+@pytest.fixture(scope="module")
+def adb_port() -> Iterator[int]:
+    port = free_port()
+    subprocess.run(["adb", "-P", str(port), "start-server"], check=True, capture_output=True, timeout=60)
+    yield port
+    subprocess.run(["adb", "-P", str(port), "kill-server"], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def phone(tmp_path: Path) -> Iterator[AdbStandin]:
+    device = AdbStandin(tmp_path / "phone", free_port())
+    getprop = device.bin_dir / "getprop"
+    getprop.write_text(GETPROP)
+    getprop.chmod(0o755)
+    device.start()
+    yield device
+    device.stop()
+
+
+@pytest.fixture(scope="module")
+def bert_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    out = tmp_path_factory.mktemp("adb-bundle") / "out"
+    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--quantize", "fp32", "--no-latency"])
+    assert code == 0
+    return out / "onnx-fp32"
+
+
+def _entry(phone: AdbStandin, adb_port: int, **overrides: object) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "type": "adb", "serial": f"127.0.0.1:{phone.port}", "adb_server_port": adb_port,
+        "work_dir": str(phone.root / NASTY / "edge-export"), "python": sys.executable, "connect_timeout_s": 5,
+    }  # fmt: skip
+    return entry | overrides
+
+
+def _device(phone: AdbStandin, adb_port: int, **overrides: object) -> AdbDevice:
+    return AdbDevice("phone", DeviceSpec.model_validate(_entry(phone, adb_port, **overrides)))
+
+
+def _feeds() -> dict[str, np.ndarray]:
+    ids = np.array([[101, 2023, 2003, 1037, 3231, 102]], dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def test_shell_keeps_exit_codes_and_arguments_intact(phone: AdbStandin, adb_port: int) -> None:
+    device = _device(phone, adb_port)
+    assert device.execute(["sh", "-c", "echo out; echo err >&2; exit 3"]) == (3, "out\n", "err\n")
+    code, out, _ = device.execute(["printf", "%s", NASTY])
+    assert code == 0 and out == NASTY
+    assert not Path("PWNED").exists() and not (phone.root / "PWNED").exists()
+
+
+def test_run_on_phone_matches_local(phone: AdbStandin, adb_port: int, bert_bundle: Path) -> None:
+    device = _device(phone, adb_port)
+    result = device.run(bert_bundle, _feeds(), warmup=1, iterations=3)
+    local = LocalDevice().run(bert_bundle, _feeds(), warmup=1, iterations=3)
+    np.testing.assert_array_equal(result.outputs["last_hidden_state"], local.outputs["last_hidden_state"])
+    assert result.device == "phone" and len(result.latencies_ms) == 3
+    facts = device.info()
+    assert facts["android"] == {
+        "manufacturer": "Stand-in", "model": "Stand-in Phone", "soc": "SM8650", "abi": "arm64-v8a",
+        "android": "15", "sdk": "35",
+    }  # fmt: skip
+    assert facts["serial"] == f"127.0.0.1:{phone.port}" and device.runtimes()["onnxruntime"]
+    work = Path(device.work_dir)
+    assert (work / ".edge-export-workdir").is_file()
+    device.cleanup()
+    assert not work.exists()
+
+
+def test_device_offline_and_back(phone: AdbStandin, adb_port: int, bert_bundle: Path) -> None:
+    device = _device(phone, adb_port, retries=4)
+    device.push(bert_bundle)
+    phone.stop()
+    threading.Timer(1.5, phone.start).start()
+    result = device.run(bert_bundle, _feeds(), warmup=0, iterations=2)  # reconnects, then runs
+    assert len(result.latencies_ms) == 2
+    device.cleanup()
+
+
+def test_device_gone_for_good_is_a_clear_error(phone: AdbStandin, adb_port: int, bert_bundle: Path) -> None:
+    device = _device(phone, adb_port, retries=1)
+    device.push(bert_bundle)
+    phone.stop()
+    with pytest.raises(
+        DeviceError, match=r"device 'phone': (cannot connect to 127.0.0.1:\d+|device .* offline)"
+    ):
+        device.run(bert_bundle, _feeds(), warmup=0, iterations=2)
+
+
+def test_cli_export_on_phone_and_devices_check(
+    phone: AdbStandin, adb_port: int, tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = tmp_path / "devices.toml"
+    entry = _entry(phone, adb_port)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in entry.items()]
+    inventory.write_text("[phone]\n" + "\n".join(lines) + "\n")
+    code, out, _ = run_cli(["devices", "--check", "--inventory", inventory, "--json"], capsys)
+    assert code == 0, out
+    phone_info = {d["name"]: d for d in json.loads(out)}["phone"]
+    assert phone_info["reachable"] and phone_info["android"]["abi"] == "arm64-v8a"
+    code, out, _ = run_cli(
+        ["export", tiny_bert, "--out", tmp_path / "out", "--quantize", "fp32", "--device", "phone",
+         "--inventory", inventory, "--iterations", "2", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, out
+    entry_out = json.loads(out)["results"][0]["latency_by_device"][0]
+    assert entry_out["device"] == "phone" and entry_out["iterations"] == 2
+    assert all(g["passed"] for g in entry_out["accuracy"]["gates"]) and entry_out["accuracy"]["gates"]
+
+
+def test_refused_serial_and_missing_client(adb_port: int, tmp_path: Path) -> None:
+    spec = {"type": "adb", "serial": f"127.0.0.1:{free_port()}", "adb_server_port": adb_port, "retries": 0}
+    with pytest.raises(
+        DeviceError, match=r"cannot connect to 127\.0\.0\.1:\d+ .*fix: check the device's address"
+    ):
+        AdbDevice("phone", DeviceSpec.model_validate(spec)).info()
+    spec |= {"adb": str(tmp_path / "no-adb")}
+    with pytest.raises(DeviceError, match=r"the adb client '.*no-adb' is not installed"):
+        AdbDevice("phone", DeviceSpec.model_validate(spec)).info()
