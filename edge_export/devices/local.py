@@ -27,8 +27,11 @@ class LocalDevice:
 
     name = "local"
 
-    def __init__(self, timeout_s: float = 1800.0, threads: int | None = None, name: str = "local") -> None:
-        self.name = name
+    def __init__(
+        self, timeout_s: float = 1800.0, threads: int | None = None, name: str | None = None
+    ) -> None:
+        if name:  # an inventory entry of type local may rename it
+            self.name = name
         self.timeout_s = timeout_s
         self.threads = threads
 

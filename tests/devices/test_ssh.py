@@ -247,3 +247,67 @@ def test_inventory_entries_are_checked(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2 and "device 'pi': hostname: Extra inputs are not permitted" in err
     with pytest.raises(Exception, match="unknown device 'nope'"):
         get_device("nope", {})
+
+
+def test_reconnects_after_the_connection_dropped_between_commands(bert_bundle: Path, tmp_path: Path) -> None:
+    daemon = LocalSshd(tmp_path / "sshd").start()
+    try:
+        device = _device(daemon, tmp_path, retries=2)
+        device.push(bert_bundle)
+        daemon.drop()  # the board reboots between two runs
+        daemon.start()
+        result = device.run(bert_bundle, _feeds(), warmup=0, iterations=2)
+        assert len(result.latencies_ms) == 2
+        device.cleanup()
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("wrong key", "authentication failed"),
+        ("changed host key", "host key mismatch"),
+        ("no onnxruntime", "MissingRuntime: onnxruntime is not installed"),
+        ("too slow", "TimeoutError: the run exceeded its time limit of 1s"),
+    ],
+)
+def test_cli_device_faults_are_exit_4_with_the_device_named(
+    fault: str, message: str, sshd: LocalSshd, bert_bundle: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    entry = sshd.spec(work_dir=str(tmp_path / "work"), python=sys.executable)
+    if fault == "wrong key":
+        entry["key_file"] = str(keygen(tmp_path / "other"))
+    elif fault == "changed host key":
+        impostor = keygen(tmp_path / "impostor")
+        (tmp_path / "kh").write_text(f"[127.0.0.1]:{sshd.port} {impostor.with_suffix('.pub').read_text()}")
+        entry["known_hosts"] = str(tmp_path / "kh")
+    elif fault == "no onnxruntime":
+        fake = tmp_path / "site" / "onnxruntime"
+        fake.mkdir(parents=True)
+        (fake / "__init__.py").write_text("raise ImportError('onnxruntime was removed from this board')\n")
+        entry["env"] = {"PYTHONPATH": str(tmp_path / "site")}
+    else:  # a board whose every inference takes 3 s, against a 1 s limit
+        site = tmp_path / "slow"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(
+            "import time, onnxruntime\n"
+            "_run = onnxruntime.InferenceSession.run\n"
+            "def slow(self, *a, **k):\n    time.sleep(3)\n    return _run(self, *a, **k)\n"
+            "onnxruntime.InferenceSession.run = slow\n"
+        )
+        entry |= {"command_timeout_s": 1, "env": {"PYTHONPATH": str(site)}}
+    inventory = tmp_path / "devices.yaml"
+    inventory.write_text(yaml.safe_dump({"bad board": entry}))
+    code, out, err = run_cli(
+        ["bench", bert_bundle, "--device", "local", "--device", "bad board", "--inventory", inventory,
+         "--iterations", "2", "--warmup", "0", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 4, out
+    entries = {e["device"]: e for e in json.loads(out)["results"][0]["latency_by_device"]}
+    assert entries["local"]["p50_ms"] > 0  # measured before the failing device, kept
+    assert entries["bad board"]["error"]["message"].startswith("device 'bad board': ")
+    assert message in entries["bad board"]["error"]["message"] and message in err
+    assert "Traceback" not in err
