@@ -60,6 +60,11 @@ class SshDevice(RemoteAgentDevice):
         except ImportError as exc:
             raise MissingDependencyError("devices", "the ssh device runner") from exc
         spec = self.spec
+        if spec.key_file is not None and not spec.key_file.expanduser().is_file():
+            raise DeviceError(
+                self.name, f"key file {spec.key_file} does not exist",
+                hint="set 'key_file' in the device entry to the private key the device accepts",
+            )  # fmt: skip
         client = paramiko.SSHClient()
         known = (spec.known_hosts or Path("~/.ssh/known_hosts")).expanduser()
         if known.is_file():

@@ -149,6 +149,11 @@ def test_wrong_key_is_an_authentication_failure(sshd: LocalSshd, bert_bundle: Pa
         _device(sshd, tmp_path, key_file=str(other)).info()
 
 
+def test_missing_key_file_is_named(sshd: LocalSshd, tmp_path: Path) -> None:
+    with pytest.raises(DeviceError, match=r"key file .*nowhere does not exist \(fix: set 'key_file'"):
+        _device(sshd, tmp_path, key_file=str(tmp_path / "nowhere")).info()
+
+
 def test_unknown_host_is_refused_with_its_fingerprint(sshd: LocalSshd, tmp_path: Path) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
