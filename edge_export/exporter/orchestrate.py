@@ -189,16 +189,22 @@ class ExportRun:
     def measure_accuracy(self, run: PlannedRun, runnable: Any, measured_on: str = "host") -> dict[str, Any]:
         """Gated accuracy of a loaded artifact against the PyTorch reference."""
         measured = self.validator.measure(runnable)
+        return self.gated(run, measured.metrics, measured_on) | {"details": measured.details}
+
+    def gated(self, run: PlannedRun, metrics: dict[str, float], measured_on: str) -> dict[str, Any]:
+        """Metrics checked against the recipe's thresholds (and the config's overrides)."""
         thresholds = resolve_thresholds(
             run.recipe.id, run.recipe.precision, run.recipe.gates, self.cfg.validation.gates
         )
-        gates = evaluate(measured.metrics, thresholds)
+        gates = evaluate(metrics, thresholds)
+        label = (
+            run.recipe.id if measured_on in ("host", "host-estimate") else f"{run.recipe.id} on {measured_on}"
+        )
         return {
             "measured_on": measured_on,
-            "metrics": measured.metrics,
+            "metrics": metrics,
             "gates": [g.to_dict() for g in gates],
-            "failure": failure_message(run.recipe.id, gates),
-            "details": measured.details,
+            "failure": failure_message(label, gates),
         }
 
     def measure_latency(self, device: Device, bundle: Path, run: PlannedRun) -> dict[str, Any]:
@@ -218,17 +224,7 @@ class ExportRun:
 
     def _device_check(self, run: PlannedRun, device: str, inputs: dict[str, Any]) -> Any:
         def check(outputs: dict[str, Any]) -> dict[str, Any]:
-            metrics = self.validator.device_metrics(inputs, outputs)
-            thresholds = resolve_thresholds(
-                run.recipe.id, run.recipe.precision, run.recipe.gates, self.cfg.validation.gates
-            )
-            gates = evaluate(metrics, thresholds)
-            return {
-                "measured_on": device,
-                "metrics": metrics,
-                "gates": [g.to_dict() for g in gates],
-                "failure": failure_message(f"{run.recipe.id} on {device}", gates),
-            }
+            return self.gated(run, self.validator.device_metrics(inputs, outputs), device)
 
         return check
 
