@@ -109,12 +109,15 @@ def test_missing_extra_names_the_install(
 def test_conversion_failure_names_the_stage_and_op_and_other_targets_still_run(
     tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from edge_export.targets.base import get_target
     from edge_export.targets.coreml import convert
 
     def broken(*_args: object) -> None:
         raise NotImplementedError("PyTorch convert function for op 'frobnicate' not implemented.")
 
     monkeypatch.setattr(convert, "convert_encoder", broken)
+    # The process-wide target keeps base conversions by model hash: start from none.
+    monkeypatch.setattr(get_target("coreml"), "_base", {})
     out = tmp_path / "out"
     code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--target", "onnx,coreml", "--no-latency"])
     report = load_report(out)
