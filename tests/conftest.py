@@ -17,6 +17,36 @@ from edge_export.demo_models import demo_model_path
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
+# Session fixtures that export a real model, slowest first (minutes on a 2-core CI machine). Under
+# pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs) every test that uses one is pinned to
+# the same worker, so each export still happens once, and the slowest groups are handed out first
+# so that neither worker is left with a long export at the end.
+HEAVY_FIXTURES = (
+    "et_smollm2_run", "et_minilm_run", "coreml_smollm2_run", "tfl_smollm2_run", "smollm2_run",
+    "coreml_minilm_run", "tfl_minilm_run", "minilm_run",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group the tests of each heavy fixture (see HEAVY_FIXTURES) and put the slowest first."""
+
+    def rank(item: pytest.Item) -> int:
+        used = [i for i, name in enumerate(HEAVY_FIXTURES) if name in getattr(item, "fixturenames", ())]
+        return used[0] if used else len(HEAVY_FIXTURES)
+
+    for item in items:
+        position = rank(item)
+        if position < len(HEAVY_FIXTURES):
+            item.add_marker(pytest.mark.xdist_group(HEAVY_FIXTURES[position]))
+    items.sort(key=rank)  # stable: the order within a group and among the rest is kept
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per xdist worker: two workers share the CI machine's two cores."""
+    if hasattr(config, "workerinput"):
+        torch.set_num_threads(1)
+
+
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str] | None = None) -> tuple[int, str, str]:
     """Run the CLI in-process; returns (exit code, stdout, stderr) when capsys is given."""
     try:
