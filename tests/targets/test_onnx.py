@@ -56,6 +56,50 @@ def test_minilm_bundle_contents_and_manifest(minilm_run: tuple[int, Path]) -> No
     assert manifest["validation"]["gates"] and manifest["latency"][0]["device"] == "local"
 
 
+def _matmul_weight_types(path: Path) -> set[tuple[int, int]]:
+    """(dtype, zero point) of every quantized MatMul weight: MatMulInteger B or a weight's DequantizeLinear."""
+    proto = onnx.load(str(path))
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    found = set()
+    for node in proto.graph.node:
+        if node.op_type == "MatMulInteger" and node.input[1] in init:
+            weight, zero = init[node.input[1]], init[node.input[3]]
+        elif node.op_type == "DequantizeLinear" and node.input[0] in init and init[node.input[0]].ndim == 2:
+            weight, zero = init[node.input[0]], init[node.input[2]]
+        else:
+            continue
+        found |= {(int(weight.dtype.num), int(z)) for z in np.unique(zero)}
+    return found
+
+
+def test_minilm_int8_matmul_weights_are_uint8_with_zero_point_128(minilm_run: tuple[int, Path]) -> None:
+    """ORT adds u8 x s8 products pairwise in int16 on x86 CPUs without VNNI and saturates (the
+    int8 recipes failed their gates on an AVX2-only CPU); u8 x u8 is exact everywhere."""
+    for recipe in ("onnx-int8-dynamic", "onnx-int8-static"):
+        assert _matmul_weight_types(minilm_run[1] / recipe / "model.onnx") == {(np.dtype(np.uint8).num, 128)}
+
+
+def test_onnxruntime_u8_by_u8_matmul_integer_is_exact_on_this_cpu() -> None:
+    """What the int8 recipes rely on: the extreme products come back exact from ORT's kernels."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = 256
+    a = np.full((4, k), 255, np.uint8)
+    a[1] = np.arange(k) % 256
+    b = np.full((k, 8), 255, np.uint8)
+    b[:, 1] = 0
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "g",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [4, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [4, 8])], [numpy_helper.from_array(b, "B")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"A": a})[0]
+    np.testing.assert_array_equal(out, a.astype(np.int64) @ b.astype(np.int64))
+
+
 def test_minilm_graph_is_clean_and_dynamic(minilm_run: tuple[int, Path]) -> None:
     path = minilm_run[1] / "onnx-fp32" / "model.onnx"
     proto = onnx.load(str(path))
