@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_export.errors import ConfigError
 
@@ -29,7 +29,10 @@ class DeviceSpec(BaseModel):
     accept_unknown_host: bool = False  # opt-in: trust a host key seen for the first time
     # every remote device
     work_dir: str | None = None  # default /tmp/edge-export-<user> (ssh), /data/local/tmp/edge-export (adb)
-    python: str = "python3"
+    python: str | None = "python3"  # null: the device has no Python; only `benchmark_tools` run there
+    # runtime -> the device's native benchmark binary and any extra arguments, e.g.
+    # tflite: [/data/local/tmp/benchmark_model, --use_xnnpack=true]; used for graph latency
+    benchmark_tools: dict[Literal["tflite", "executorch", "onnx"], list[str]] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
     connect_timeout_s: float = Field(10.0, gt=0)
     command_timeout_s: float = Field(1800.0, gt=0)
@@ -42,12 +45,25 @@ class DeviceSpec(BaseModel):
     adb: str = "adb"
     adb_server_port: int = Field(5037, ge=1, le=65535)
 
+    @field_validator("benchmark_tools", mode="before")
+    @classmethod
+    def _tool_as_list(cls, value: Any) -> Any:
+        """`tflite: /path/benchmark_model` is shorthand for a one-element argument list."""
+        if isinstance(value, dict):
+            return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
     @model_validator(mode="after")
     def _needs_host(self) -> DeviceSpec:
         if self.type in ("ssh", "apple") and not self.host:
             raise ValueError(f"a '{self.type}' device needs 'host'")
         if self.type == "adb" and not self.serial:
             raise ValueError("an 'adb' device needs 'serial' (see `adb devices`)")
+        if self.python is None and not self.benchmark_tools:
+            raise ValueError("a device without 'python' needs 'benchmark_tools' to run anything")
+        for runtime, argv in self.benchmark_tools.items():
+            if not argv or not argv[0].startswith("/"):
+                raise ValueError(f"benchmark_tools.{runtime} must start with the tool's absolute path")
         if self.work_dir is not None and (
             not self.work_dir.startswith("/") or self.work_dir.rstrip("/") == ""
         ):

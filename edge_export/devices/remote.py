@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import posixpath
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -21,12 +22,21 @@ from typing import Any
 import numpy as np
 
 from edge_export.devices import agent as agent_package
+from edge_export.devices import native
 from edge_export.devices.base import Mode, RunResult, agent_run_args, read_agent_result
 from edge_export.devices.inventory import DeviceSpec
 from edge_export.errors import DeviceError
 
 AGENT_PACKAGE = "edge_export_agent"
 MARKER = ".edge-export-workdir"  # cleanup() removes only a work dir that holds this marker
+MARKER_RUN = ".edge-export-run"  # makes the run folder exist before links are made in it
+# Device facts from a shell with no Python: `sh -c SHELL_FACTS sh WORK_DIR` (the work dir is $1).
+SHELL_FACTS = (
+    'echo "arch=$(uname -m)"; echo "system=$(uname -s)"; echo "release=$(uname -r)"; '
+    'echo "cpus=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)"; '
+    'echo "mem=$(grep MemTotal /proc/meminfo)"; d="$1"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; '
+    'echo "free=$(df -k "$d" | tail -n 1)"'
+)
 GRACE_S = 30.0  # how long the host waits past the agent's own time limit
 
 
@@ -84,6 +94,11 @@ class RemoteAgentDevice:
         """Close the transport (nothing by default)."""
 
     def _agent(self, args: list[str], timeout_s: float | None = None) -> tuple[int, str, str]:
+        if self.spec.python is None:
+            raise DeviceError(
+                self.name, "this needs the Python agent and the device entry has no 'python'",
+                hint="set 'python' to an interpreter on the device (with numpy and the runtime)",
+            )  # fmt: skip
         root = self._ensure_agent()
         extra = dict(self.spec.env)
         path = root + (":" + extra.pop("PYTHONPATH") if "PYTHONPATH" in extra else "")
@@ -135,11 +150,42 @@ class RemoteAgentDevice:
     def facts(self) -> dict[str, Any]:
         """What the agent reports about the device (cached for this run)."""
         if self._facts is None:
-            code, out, err = self._agent(["info", "--work-dir", self.work_dir], timeout_s=120)
-            if code != 0:
-                raise self._agent_failure("the agent cannot describe the device", code, out, err)
-            self._facts = json.loads(out.strip().splitlines()[-1])
+            if self.spec.python is None:
+                self._facts = self._shell_facts()
+            else:
+                code, out, err = self._agent(["info", "--work-dir", self.work_dir], timeout_s=120)
+                if code != 0:
+                    raise self._agent_failure("the agent cannot describe the device", code, out, err)
+                self._facts = json.loads(out.strip().splitlines()[-1])
+            self._facts["runtimes"].update(self._native_tools())
         return self._facts
+
+    def _shell_facts(self) -> dict[str, Any]:
+        """Arch, OS, CPUs, memory and free space from the device's shell (no Python there)."""
+        code, out, err = self.execute(["sh", "-c", SHELL_FACTS, "sh", self.work_dir], timeout_s=60)
+        if code != 0:
+            raise DeviceError(
+                self.name, f"cannot read the device's facts (exit {code}): {err.strip()[-200:]}"
+            )
+        lines = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        mem = re.search(r"MemTotal:\s+(\d+)", lines.get("mem", ""))
+        free = lines.get("free", "").split()
+        return {
+            "arch": lines.get("arch", "").strip(), "system": lines.get("system", "").strip(),
+            "os": f"{lines.get('system', '').strip()} {lines.get('release', '').strip()}".strip(),
+            "cpus": int(lines["cpus"]) if lines.get("cpus", "").strip().isdigit() else None,
+            "memory_mb": round(int(mem.group(1)) / 1024, 1) if mem else None, "python": None,
+            "free_mb": round(int(free[3]) / 1024, 1) if len(free) > 3 and free[3].isdigit() else None,
+            "runtimes": {},
+        }  # fmt: skip
+
+    def _native_tools(self) -> dict[str, str | None]:
+        """`<runtime> native` -> the configured benchmark binary if it is executable there, else None."""
+        found: dict[str, str | None] = {}
+        for runtime, argv in self.spec.benchmark_tools.items():
+            code, _, _ = self.execute(["test", "-x", argv[0]], timeout_s=60)
+            found[f"{runtime} native"] = argv[0] if code == 0 else None
+        return found
 
     def info(self) -> dict[str, Any]:
         """Name, transport, labels and the facts the device reports (arch, OS, CPUs, memory)."""
@@ -171,6 +217,10 @@ class RemoteAgentDevice:
         self._upload(
             {posixpath.basename(hashes_file): json.dumps(hashes).encode()}, posixpath.dirname(remote)
         )
+        if self.spec.python is None:
+            self._verify_with_sha256sum(remote, hashes)
+            self._pushed[key] = remote
+            return remote
         code, out, err = self._agent(["verify", "--root", remote, "--hashes", hashes_file], timeout_s=600)
         if code != 0:
             try:
@@ -185,6 +235,22 @@ class RemoteAgentDevice:
         self._pushed[key] = remote
         return remote
 
+    def _verify_with_sha256sum(self, remote: str, hashes: dict[str, str]) -> None:
+        """The device's own `sha256sum` (toybox, coreutils) against the host's hashes."""
+        paths = {posixpath.join(remote, rel): digest for rel, digest in hashes.items()}
+        code, out, err = self.execute(["sha256sum", "--", *paths], timeout_s=600)
+        seen = {}
+        for line in out.splitlines():
+            digest, _, path = line.strip().partition(" ")
+            seen[path.strip().lstrip("*")] = digest
+        bad = [posixpath.relpath(p, remote) for p, d in paths.items() if seen.get(p) != d]
+        if bad:
+            why = f" ({err.strip().splitlines()[-1][:120]})" if code != 0 and err.strip() else ""
+            raise DeviceError(
+                self.name, f"bundle arrived corrupted (sha256 differs or missing: {', '.join(bad)[:200]}){why}",
+                hint="check the device's disk and connection, then run again",
+            )  # fmt: skip
+
     def run(
         self,
         bundle: Path,
@@ -194,7 +260,17 @@ class RemoteAgentDevice:
         mode: Mode = "graph",
         decode_tokens: int = 32,
     ) -> RunResult:
-        """Push (once), run the agent on the device, bring back outputs and timings."""
+        """Push (once), run the agent (or the device's benchmark tool) there, bring back outputs and
+        timings."""
+        target = json.loads((bundle / "manifest.json").read_text())["target"]
+        if target in self.spec.benchmark_tools and mode == "graph":
+            return self._run_native(target, bundle, inputs, warmup, iterations)
+        if self.spec.python is None:
+            why = "an LLM's token loop" if mode == "generate" else f"a {target} bundle"
+            raise DeviceError(
+                self.name, f"{why} needs the Python agent and the device entry has no 'python'",
+                hint=f"set 'python' (with numpy and the runtime) or, for graphs, benchmark_tools.{target}",
+            )  # fmt: skip
         remote_bundle = self.push(bundle)
         run_dir = posixpath.join(self.work_dir, "runs", uuid.uuid4().hex)
         buffer = io.BytesIO()
@@ -217,6 +293,45 @@ class RemoteAgentDevice:
                 return read_agent_result(self.name, timings, local / "outputs.npz", args, code, err)
         finally:
             self._remove(run_dir)
+
+    def _run_native(
+        self, target: str, bundle: Path, inputs: dict[str, np.ndarray], warmup: int, iterations: int
+    ) -> RunResult:
+        """Time the bundle with the device's own benchmark binary (latency only: no outputs)."""
+        tool = self.spec.benchmark_tools[target]
+        remote_bundle = self.push(bundle)
+        run_dir = posixpath.join(self.work_dir, "runs", uuid.uuid4().hex)
+        limit = self.spec.command_timeout_s
+        try:
+            job = native.plan(target, tool, bundle, remote_bundle, run_dir, inputs, warmup, iterations,
+                              self.spec.threads, limit)  # fmt: skip
+        except ValueError as exc:
+            raise DeviceError(self.name, f"{native.TOOL_NAMES[target]}: {exc}") from exc
+        try:
+            self._upload({MARKER_RUN: b"", **job.uploads}, run_dir)
+            for name, link_target in job.links.items():
+                self.execute(["ln", "-s", link_target, posixpath.join(run_dir, name)], timeout_s=60)
+            code, out, err = self.execute(job.argv, timeout_s=limit + GRACE_S)
+        finally:
+            self._remove(run_dir)
+        try:
+            parsed = job.parse(out, err)
+        except native.NativeOutputError as exc:
+            last = (err.strip().splitlines() or out.strip().splitlines() or ["no output"])[-1]
+            raise DeviceError(
+                self.name, f"{exc} (exit {code}): {last[:200]}", command=job.argv, returncode=code, stderr=err,
+                hint=f"check that benchmark_tools.{target} is that tool and runs on the device",
+            ) from None  # fmt: skip
+        if code != 0:
+            raise DeviceError(self.name, f"{tool[0]} failed (exit {code})", command=job.argv, returncode=code,
+                              stderr=err)  # fmt: skip
+        return RunResult(
+            device=self.name, outputs={}, latencies_ms=list(parsed.get("latencies_ms", [])),
+            load_ms=float(parsed["load_ms"]), peak_rss_mb=float(parsed["peak_rss_mb"]),
+            runtime=f"{native.TOOL_NAMES[target]} (native)",
+            extra={"stats": parsed.get("stats"), "native": {"tool": tool[0], "batch_size": job.shape[0],
+                   "sequence_length": job.shape[1], "note": job.note}},
+        )  # fmt: skip
 
     def _remove(self, path: str) -> None:
         """Best effort: a device that went away keeps its leftovers until the next cleanup."""

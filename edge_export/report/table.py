@@ -39,6 +39,10 @@ def _latency_cell(result: dict[str, Any]) -> str:
         elif "p50_ms" in entry:
             noisy = " (noisy)" if entry.get("noisy") else ""
             lines.append(f"{entry['device']}: p50 {entry['p50_ms']:.2f} ms{noisy}")
+        elif "mean_ms" in entry:  # a native tool that prints only the mean
+            lines.append(
+                f"{entry['device']}: mean {entry['mean_ms']:.2f} ms ({entry.get('native_tool', 'native')})"
+            )
         if (entry.get("accuracy") or {}).get("failure"):
             lines.append(f"{entry['device']}: [red]accuracy gate failed[/red]")
     return "\n".join(lines) or "-"

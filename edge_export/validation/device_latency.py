@@ -11,7 +11,7 @@ import numpy as np
 from edge_export.config import LatencyConfig
 from edge_export.devices.base import Device
 from edge_export.errors import DeviceError, NotRunnableHere
-from edge_export.validation.latency import decode_rate, summarize
+from edge_export.validation.latency import NOISY_CV, decode_rate, summarize
 
 
 def latency_entry(
@@ -36,9 +36,11 @@ def latency_entry(
         return {"device": device.name, "error": {"type": "DeviceError", "message": exc.one_line()}}
     except NotRunnableHere as exc:  # a valid bundle this device cannot execute: no numbers, no failure
         return {"device": device.name, "not_run": str(exc)}
+    native = res.extra.get("native")
+    timings = summarize(res.latencies_ms) if res.latencies_ms else summary_only(res.extra.get("stats") or {})
     entry: dict[str, Any] = {
         "device": device.name,
-        **summarize(res.latencies_ms),
+        **timings,
         "load_ms": res.load_ms,
         "peak_rss_mb": res.peak_rss_mb,
         "runtime": res.runtime,
@@ -53,10 +55,26 @@ def latency_entry(
             decode_tokens=lat.decode_tokens,
             decode_tokens_per_s=decode_rate(res.extra.get("decode_ms", [])),
         )
+    elif native:  # the device's benchmark binary: the shape it really ran, and no outputs to gate
+        entry.update(batch_size=native["batch_size"], sequence_length=native["sequence_length"],
+                     native_tool=native["tool"], note=native["note"] or None)  # fmt: skip
     else:
         entry.update(
             batch_size=int(inputs["input_ids"].shape[0]), sequence_length=int(inputs["input_ids"].shape[1])
         )
-    if check is not None:
+    if check is not None and native:
+        entry["accuracy"] = {"not_run": f"{res.runtime} returns no outputs: accuracy on this device needs "
+                                        "the Python agent"}  # fmt: skip
+    elif check is not None:
         entry["accuracy"] = check(res.outputs)
+    return entry
+
+
+def summary_only(stats: dict[str, Any]) -> dict[str, Any]:
+    """Latency fields from a tool that prints only a summary (no per-iteration times)."""
+    entry = {"per_iteration": False, **stats}
+    mean, std = stats.get("mean_ms"), stats.get("std_ms")
+    if mean and std is not None:
+        entry["cv"] = std / mean
+        entry["noisy"] = bool(entry["cv"] > NOISY_CV)
     return entry

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from adb_standin import AdbStandin
 from conftest import run_cli
+from native_standins import BENCHMARK_MODEL, PERF_TEST, install
 from sshd import free_port
 
 from edge_export.devices.adb import AdbDevice
@@ -154,3 +155,52 @@ def test_refused_serial_and_missing_client(adb_port: int, tmp_path: Path) -> Non
     spec |= {"adb": str(tmp_path / "no-adb")}
     with pytest.raises(DeviceError, match=r"the adb client '.*no-adb' is not installed"):
         AdbDevice("phone", DeviceSpec.model_validate(spec)).info()
+
+
+def test_phone_without_python_runs_its_native_benchmark_tools(
+    phone: AdbStandin, adb_port: int, tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """python: null + benchmark_tools: the bundle is verified with the device's sha256sum, facts come
+    from its shell, and onnxruntime_perf_test / benchmark_model (stand-ins, native_standins.py) time
+    the real inputs; their printed timings become the latency entries, with accuracy 'not run'."""
+    tools = {
+        "onnx": [str(install(phone.bin_dir, "onnxruntime_perf_test", PERF_TEST))],
+        "tflite": [str(install(phone.bin_dir, "benchmark_model", BENCHMARK_MODEL)), "--use_xnnpack=true"],
+    }
+    inventory = tmp_path / "devices.yaml"
+    inventory.write_text(json.dumps({"phone": _entry(phone, adb_port, python=None, benchmark_tools=tools)}))
+    code, out, _ = run_cli(["devices", "--check", "--inventory", inventory, "--json"], capsys)
+    assert code == 0, out
+    facts = json.loads(out)[-1]
+    assert facts["python"] is None and facts["arch"] and facts["memory_mb"] > 0 and facts["free_mb"] > 0
+    assert facts["runtimes"]["onnx native"] == tools["onnx"][0]
+    code, out, _ = run_cli(
+        ["export", tiny_bert, "--out", tmp_path / "out", "--target", "onnx,tflite", "--quantize", "fp32",
+         "--device", "phone", "--inventory", inventory, "--iterations", "4", "--json"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, out
+    entries = {r["recipe"]: r["latency_by_device"][0] for r in json.loads(out)["results"]}
+    perf, bench = entries["onnx:fp32"], entries["tflite:fp32"]
+    assert perf["runtime"] == "onnxruntime_perf_test (native)" and perf["iterations"] == 4
+    assert 0 < perf["min_ms"] <= perf["p50_ms"] <= perf["max_ms"] and perf["peak_rss_mb"] > 10
+    assert perf["sequence_length"] == 128 and perf["load_ms"] > 0 and perf["per_iteration"] is False
+    assert bench["runtime"] == "benchmark_model (native)" and bench["iterations"] == 4
+    assert 0 < bench["min_ms"] <= bench["p50_ms"] <= bench["max_ms"] and bench["peak_rss_mb"] == 61.2
+    assert bench["note"] == "signature seq_128"
+    for entry in (perf, bench):
+        assert "Python agent" in entry["accuracy"]["not_run"]
+
+
+def test_phone_without_python_refuses_what_only_the_agent_can_do(
+    phone: AdbStandin, adb_port: int, bert_bundle: Path
+) -> None:
+    tool = str(install(phone.bin_dir, "benchmark_model", BENCHMARK_MODEL))
+    device = _device(phone, adb_port, python=None, benchmark_tools={"tflite": tool})
+    with pytest.raises(DeviceError, match=r"a onnx bundle needs the Python agent .*benchmark_tools\.onnx"):
+        device.run(bert_bundle, _feeds(), warmup=0, iterations=2)
+    broken = _device(phone, adb_port, python=None, benchmark_tools={"onnx": ["/bin/false"]})
+    with pytest.raises(DeviceError, match=r"printed no 'Average inference time cost' \(exit 1\)"):
+        broken.run(bert_bundle, _feeds(), warmup=0, iterations=2)
+    device.cleanup()
+    broken.cleanup()
