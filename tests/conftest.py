@@ -241,4 +241,6 @@ class _GroupCheck:
             return
         lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
         if lost:
-            raise pytest.UsageError(f"xdist_group ignored for {lost[0]}: use the pytest pinned in constraints.txt")
+            raise pytest.UsageError(
+                f"xdist_group ignored for {lost[0]}: use the pytest pinned in constraints.txt"
+            )
