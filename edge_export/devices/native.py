@@ -198,12 +198,12 @@ def _executorch(
     """Raw input files at the method's declared (upper-bound) input shape, which is the shape
     executor_runner runs: real tokens first, padding (attention mask 0) after. The tool has no
     warm-up option: it runs warmup + iterations times and the first `warmup` are dropped."""
-    shapes = _pte_input_shapes(bundle / manifest["artifact"], len(feeds))
+    shapes = _pte_inputs(bundle / manifest["artifact"], len(feeds))
     uploads, files = {}, []
-    for (name, value), shape in zip(feeds.items(), shapes, strict=True):
+    for (name, value), (shape, dtype) in zip(feeds.items(), shapes, strict=True):
         if len(shape) != 2 or value.shape[0] > shape[0] or value.shape[1] > shape[1]:
             raise ValueError(f"input {name} {value.shape} does not fit the method's shape {shape}")
-        padded = np.zeros(shape, dtype=np.int64)
+        padded = np.zeros(shape, dtype=dtype)
         padded[: value.shape[0], : value.shape[1]] = value
         uploads[f"{name}.bin"] = padded.tobytes()
         files.append(posixpath.join(run_dir, f"{name}.bin"))
@@ -213,7 +213,7 @@ def _executorch(
     ]  # fmt: skip
     if threads:
         argv.append(f"--cpu_threads={threads}")
-    batch, length = shapes[0]
+    batch, length = shapes[0][0]
     note = f"executor_runner runs the method's full input shape {batch}x{length}"
 
     def parse(stdout: str, stderr: str) -> dict[str, Any]:
@@ -222,12 +222,23 @@ def _executorch(
     return NativePlan(argv, uploads, parse=parse, shape=(batch, length), note=note)
 
 
-def _pte_input_shapes(program: Path, count: int) -> list[tuple[int, ...]]:
-    """The forward method's input tensor shapes, read with the host's ExecuTorch runtime."""
+_SCALAR_TYPES = {3: np.int32, 4: np.int64, 6: np.float32}  # ExecuTorch ScalarType codes
+
+
+def _pte_inputs(program: Path, count: int) -> list[tuple[tuple[int, ...], Any]]:
+    """(shape, numpy dtype) of the forward method's inputs, read with the host's ExecuTorch runtime."""
     from executorch.runtime import Runtime
 
     meta = Runtime.get().load_program(str(program)).metadata("forward")
-    return [tuple(int(d) for d in meta.input_tensor_meta(i).sizes()) for i in range(count)]
+    found = []
+    for i in range(count):
+        tensor = meta.input_tensor_meta(i)
+        if int(tensor.dtype()) not in _SCALAR_TYPES:
+            raise ValueError(
+                f"input {i} has ExecuTorch dtype {tensor.dtype()}, which no input file here takes"
+            )
+        found.append((tuple(int(d) for d in tensor.sizes()), _SCALAR_TYPES[int(tensor.dtype())]))
+    return found
 
 
 def parse_executor_runner(stdout: str, stderr: str, warmup: int = 0) -> dict[str, Any]:

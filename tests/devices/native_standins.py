@@ -1,10 +1,11 @@
-"""TEST DOUBLES for two native benchmark binaries, for devices that run them instead of Python.
+"""TEST DOUBLES for the native benchmark binaries, for devices that run them instead of Python.
 
 Each is a script installed into the adb stand-in's bin folder. It accepts the subset of the real
 tool's flags that edge-export passes, really runs the model with this machine's runtime on the
-input files it is given (onnxruntime, ai-edge-litert), and prints its timings in the real tool's
-format (LiteRT benchmark_model's INFO lines; onnxruntime_perf_test's summary). They prove the
-plumbing and the parsers, not the real binaries: those need a phone.
+input files it is given (onnxruntime, ai-edge-litert, executorch), and prints its timings in the
+real tool's format (LiteRT benchmark_model's INFO lines; onnxruntime_perf_test's summary;
+executor_runner's per-iteration log lines; like the real one it refuses input files of the wrong
+size). They prove the plumbing and the parsers, not the real binaries: those need a phone.
 """
 
 from __future__ import annotations
@@ -77,6 +78,31 @@ print(f"INFO: Inference timings in us: Init: {int(init * 1e6)}, First inference:
 print("INFO: Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to the actual memory footprint of the model at runtime. Take the information at your discretion.")
 print("INFO: Memory footprint delta from the start of the tool (MB): init=12.5 overall=20.25")
 print("INFO: Overall peak memory footprint (MB) via periodic monitoring: 61.2")
+"""
+
+EXECUTOR_RUNNER = r"""
+import sys, time
+import numpy as np, torch
+from executorch.runtime import Runtime
+flags = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+program = Runtime.get().load_program(flags["model_path"])
+method = program.load_method("forward")
+meta = program.metadata("forward")
+dtypes = {3: np.int32, 4: np.int64, 6: np.float32}
+inputs = []
+for i, path in enumerate(flags["inputs"].split(",")):
+    tensor = meta.input_tensor_meta(i)
+    data = np.fromfile(path, dtype=dtypes[int(tensor.dtype())])
+    if data.size * data.itemsize != tensor.nbytes():
+        print(f"E 00:00:00.000100 executorch:inputs.cpp:177] input size ({data.nbytes}) and tensor size "
+              f"({tensor.nbytes()}) mismatch!", file=sys.stderr)
+        sys.exit(1)
+    inputs.append(torch.from_numpy(data.reshape(list(tensor.sizes()))))
+runs, total = int(flags["num_executions"]), 0.0
+for i in range(runs):
+    start = time.perf_counter(); method.execute(inputs); took = (time.perf_counter() - start) * 1000; total += took
+    print(f"I 00:00:01.{i:06d} executorch:executor_runner.cpp:342] Iteration {i + 1} of {runs}: {took:f} ms", file=sys.stderr)
+print(f"I 00:00:02.000000 executorch:executor_runner.cpp:360] Model executed successfully {runs} time(s) in {total:f} ms.", file=sys.stderr)
 """
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from adb_standin import AdbStandin
 from conftest import run_cli
-from native_standins import BENCHMARK_MODEL, PERF_TEST, install
+from native_standins import BENCHMARK_MODEL, EXECUTOR_RUNNER, PERF_TEST, install
 from sshd import free_port
 
 from edge_export.devices.adb import AdbDevice
@@ -204,3 +204,28 @@ def test_phone_without_python_refuses_what_only_the_agent_can_do(
         broken.run(bert_bundle, _feeds(), warmup=0, iterations=2)
     device.cleanup()
     broken.cleanup()
+
+
+def test_executor_runner_gets_inputs_at_the_methods_full_shape(
+    phone: AdbStandin, adb_port: int, tiny_bert: Path, tmp_path: Path
+) -> None:
+    """executor_runner takes raw files only at the method's declared input shape: the real tokens
+    are padded to it (mask 0), the entry says the shape that ran, warm-up iterations are dropped."""
+    out = tmp_path / "out"
+    code, _, _ = run_cli(
+        ["export", tiny_bert, "--out", out, "--recipe", "executorch:xnnpack-fp32", "--no-latency"]
+    )  # fmt: skip
+    assert code == 0
+    tool = str(install(phone.bin_dir, "executor_runner", EXECUTOR_RUNNER))
+    device = _device(phone, adb_port, python=None, benchmark_tools={"executorch": tool})
+    result = device.run(out / "executorch-xnnpack-fp32", _feeds(), warmup=2, iterations=3)
+    device.cleanup()
+    assert result.runtime == "executor_runner (native)" and len(result.latencies_ms) == 3
+    assert all(t > 0 for t in result.latencies_ms) and result.outputs == {}
+    options = json.loads((out / "executorch-xnnpack-fp32" / "manifest.json").read_text())["recipe"]["options"]
+    native = result.extra["native"]
+    assert (native["batch_size"], native["sequence_length"]) == (
+        options["max_batch_size"],
+        options["max_seq_len"],
+    )
+    assert "full input shape" in native["note"]
