@@ -18,9 +18,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 
 
 # Session fixtures that export a real model, slowest first (minutes on a 2-core CI machine). Under
-# pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs) every test that uses one is pinned to
-# the same worker, so each export still happens once, and the slowest groups are handed out first
-# so that neither worker is left with a long export at the end.
+# pytest-xdist (`-n 2 --dist loadgroup --no-loadscope-reorder`, as `make test` runs) every test that
+# uses one is pinned to the same worker, so each export still happens once, and the slowest groups
+# are handed out first (without the flag xdist would order groups by their number of tests) so that
+# neither worker is left with a long export at the end.
 HEAVY_FIXTURES = (
     "et_smollm2_run", "et_minilm_run", "coreml_smollm2_run", "tfl_smollm2_run", "smollm2_run",
     "coreml_minilm_run", "tfl_minilm_run", "minilm_run",
