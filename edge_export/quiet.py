@@ -37,10 +37,12 @@ def native_stderr_captured() -> Iterator[None]:
         try:
             yield
         except BaseException:
+            sys.stderr.flush()  # text a library left in Python's buffer (tqdm's "\r" bars) goes to the sink
             os.dup2(saved, 2)
             sink.seek(0)
             sys.stderr.write(sink.read().decode(errors="replace")[-2000:])
             raise
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)

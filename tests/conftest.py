@@ -219,8 +219,10 @@ def et_smollm2_run(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path)
 
 @pytest.fixture(scope="session")
 def coreml_minilm_run(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> tuple[int, Path]:
-    """The real MiniLM to Core ML fp16, int8-weight, int4-block and palettize-4bit, once per session."""
-    recipes = ["coreml:fp16", "coreml:int8-weight", "coreml:int4-block", "coreml:palettize-4bit"]
+    """The real MiniLM to Core ML fp16, int8-weight, int8-w8a8, int4-block and palettize-4bit, once
+    per session."""
+    recipes = ["coreml:fp16", "coreml:int8-weight", "coreml:int8-w8a8", "coreml:int4-block",
+               "coreml:palettize-4bit"]  # fmt: skip
     return _export_once(tmp_path_factory, "coreml-minilm", minilm_dir, recipes)
 
 

@@ -7,7 +7,7 @@ Shared by the targets whose libraries raise arbitrary exceptions from deep insid
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from edge_export.errors import ConfigError, ExportError
@@ -38,3 +38,17 @@ def linear_shapes(model: Any) -> list[tuple[str, tuple[int, ...]]]:
         for name, module in model.hf_model.named_modules()
         if isinstance(module, torch.nn.Linear)
     ]
+
+
+def outlier_names(peaks: Mapping[str, float], ratio: float) -> list[str]:
+    """Names whose peak |activation| exceeds `ratio` x the median peak, sorted.
+
+    One per-tensor int8 scale cannot hold an input whose range is hundreds of times the usual one
+    (the "massive activations" of LLM down-projections): every other value would round to zero, so
+    static int8 recipes leave those layers' inputs in float."""
+    if not peaks:
+        return []
+    import numpy as np
+
+    median = float(np.median(list(peaks.values())))
+    return sorted(name for name, peak in peaks.items() if peak > ratio * max(median, 1e-12))

@@ -32,6 +32,8 @@ from edge_export.targets.coreml import CoremlTarget, deployment_target, resolve_
      ("coreml:palettize-4bit", {"group_size": 7}, "no linear weight has an output size divisible by group_size 7"),
      ("coreml:palettize-4bit", {"group_size": 4, "minimum_deployment_target": "iOS17"},
       "per-grouped-channel palettes need iOS18"),
+     ("coreml:int8-w8a8", {"calibration_samples": 0}, "needs calibration_samples >= 1, got 0"),
+     ("coreml:int8-w8a8", {"outlier_ratio": -1.0}, "outlier_ratio must be a number >= 0"),
      ("coreml:fp16", {"blocksize": 32}, "has no option 'blocksize'")],
 )  # fmt: skip
 def test_bad_recipe_options_fail_before_conversion(
@@ -70,6 +72,7 @@ def test_compressing_a_model_without_linear_layers_is_refused() -> None:
     model = _fake("encoder", torch.nn.Sequential(torch.nn.Embedding(10, 4)))
     for recipe in (
         "coreml:int8-weight",
+        "coreml:int8-w8a8",
         "coreml:int4-block",
         "coreml:palettize-4bit",
         "coreml:palettize-6bit",

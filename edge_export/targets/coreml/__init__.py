@@ -49,7 +49,7 @@ class CoremlTarget:
         self._base: dict[tuple[Any, ...], Path] = {}
 
     def recipes(self) -> list[Recipe]:
-        """fp16, fp32, int8-weight, int4-block, palettize-4bit, palettize-6bit."""
+        """fp16, fp32, int8-weight, int8-w8a8, int4-block, palettize-4bit, palettize-6bit."""
         return list(RECIPES)
 
     def missing_dependency(self) -> str | None:
@@ -84,6 +84,14 @@ class CoremlTarget:
             if bad:
                 raise ConfigError(f"{recipe.id}: {len(bad)} linear layers (e.g. {bad[0]}) have an input "
                                   f"size not divisible by block_size {size}", hint="choose a smaller block_size")  # fmt: skip
+        if recipe.needs_calibration:
+            samples, ratio = opts["calibration_samples"], opts["outlier_ratio"]
+            if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+                raise ConfigError(f"{recipe.id}: calibrates int8 activations and needs calibration_samples >= 1, "
+                                  f"got {samples!r}", hint="set calibration_samples (real text from --calibration-data)")  # fmt: skip
+            if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio < 0:
+                raise ConfigError(f"{recipe.id}: outlier_ratio must be a number >= 0 (0 quantizes every "
+                                  f"linear input), got {ratio!r}")  # fmt: skip
         if not all(isinstance(p, str) and p for p in opts.get("int8_layers", [])):
             raise ConfigError(f"{recipe.id}: int8_layers must be a list of layer-name patterns")
         if opts.get("head_bits", 8) not in (4, 8):
@@ -155,7 +163,7 @@ class CoremlTarget:
         if recipe.name in ("fp16", "fp32"):
             shutil.copytree(base, out)
         else:
-            info = run_stage("coreml", "compress", compress.compress, base, out, recipe, model)
+            info = run_stage("coreml", "compress", compress.compress, base, out, recipe, model, calibration)
             details["compression"] = info
         io = convert.artifact_io(model, recipe)
         details["ane_preflight"] = ane.preflight(out, recipe, io)

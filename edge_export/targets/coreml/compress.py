@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_export.exporter.prepared import PreparedModel
+from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.targets.base import Recipe
 
 _THRESHOLD = 2048
@@ -22,7 +22,7 @@ def _weight_config(recipe: Recipe) -> Any:
     import coremltools.optimize as cto
 
     opts = recipe.options
-    if recipe.name == "int8-weight":
+    if recipe.name in ("int8-weight", "int8-w8a8"):
         return cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
                                                   granularity="per_channel", weight_threshold=_THRESHOLD)  # fmt: skip
     if recipe.name == "int4-block":  # with a zero point per block: SmolLM2 +38% -> +27% perplexity
@@ -82,8 +82,11 @@ def _ungroupable(program: Any, group: int, skip: Mapping[str, Any]) -> list[str]
     return names
 
 
-def compress(base: Path, out: Path, recipe: Recipe, model: PreparedModel) -> dict[str, Any]:
-    """Compress the package at `base` for the recipe and save it at `out`; returns what was done."""
+def compress(
+    base: Path, out: Path, recipe: Recipe, model: PreparedModel, calibration: CalibrationSet | None = None
+) -> dict[str, Any]:
+    """Compress the package at `base` for the recipe and save it at `out`; returns what was done.
+    int8-w8a8 first puts int8 quantize/dequantize pairs on linear inputs (activations.py)."""
     import coremltools as ct
     import coremltools.optimize as cto
 
@@ -94,6 +97,16 @@ def compress(base: Path, out: Path, recipe: Recipe, model: PreparedModel) -> dic
     overrides: dict[str, Any] = {}
     info: dict[str, Any] = {"weight_threshold": _THRESHOLD}
     program = load_program(base)
+    if recipe.needs_calibration:
+        from edge_export.targets.coreml.activations import quantize_activations
+
+        if calibration is None or not calibration.feeds:
+            raise ValueError("int8 activations need calibration data")
+        count = int(recipe.options["calibration_samples"])
+        feeds = CalibrationSet(calibration.feeds[:count], calibration.description)
+        mlmodel, info["activation_quantization"] = quantize_activations(
+            mlmodel, program, model, feeds, float(recipe.options["outlier_ratio"])
+        )
     if model.io.kind == "decoder" and recipe.options.get("head_bits", 4) == 8 and recipe.precision == "int4":
         head = head_weight(program, int(model.hf_model.config.vocab_size))
         if head:

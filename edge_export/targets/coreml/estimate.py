@@ -4,7 +4,9 @@ Core ML cannot predict on Linux, so what can be measured here is the error the p
 weights introduce (fp16 rounding, int8/int4 quantization, palettes): every float weight is read
 back out of the saved package (package.decompressed_weights), matched to the PyTorch parameter it
 came from, and copied into a copy of the reference model, which then runs through the shared
-gates. Not included: fp16 activation arithmetic and Core ML's kernels. Results are labelled
+gates. int8 activations (int8-w8a8) are included: the package's quantize scales are read back
+and applied to the same nn.Linear inputs. Not included: fp16 activation arithmetic and Core ML's
+kernels. Results are labelled
 `"measured_on": "host-estimate"`; a Mac measures the real thing.
 
 MIL weight names come from torch.export placeholders ("p_model_encoder_layer_0_..._weight" plus
@@ -28,15 +30,17 @@ from edge_export.exporter.prepared import PreparedModel, TorchRunnable
 _SUFFIXES = re.compile(r"(_to_fp16|_to_fp32|_cast_fp16|_cast_fp32|_quantized|_palettized|_dequantized)+$")
 
 
-def _mil_key(name: str) -> str:
+def mil_key(name: str) -> str:
+    """A MIL weight name without its p_/b_/c_ prefix and cast/compression suffixes, lower case."""
     return re.sub(r"^[pbc]_", "", _SUFFIXES.sub("", name)).lower()
 
 
-def _torch_key(fqn: str) -> str:
+def torch_key(fqn: str) -> str:
+    """A parameter's qualified name as MIL spells it (non-identifier characters -> '_'), lower case."""
     return re.sub(r"[^0-9a-zA-Z_]", "_", fqn).lower()
 
 
-def _match(key: str, candidates: list[str]) -> str | None:
+def match(key: str, candidates: list[str]) -> str | None:
     """The candidate equal to key, or the longest that one ends with the other on a '_' boundary."""
     if key in candidates:
         return key
@@ -48,11 +52,11 @@ def load_weights(module: torch.nn.Module, weights: Mapping[str, np.ndarray]) -> 
     """Copy read-back weights into `module` in place; returns what matched and what did not."""
     params = dict(module.named_parameters(remove_duplicate=False))  # tied weights under every name
     params.update({k: v for k, v in module.named_buffers() if v.is_floating_point()})
-    by_key = {_torch_key(k): k for k in params}
+    by_key = {torch_key(k): k for k in params}
     loaded, unmatched = {}, []
     with torch.no_grad():
         for name, array in weights.items():
-            key = _match(_mil_key(name), list(by_key))
+            key = match(mil_key(name), list(by_key))
             target = params[by_key[key]] if key else None
             if target is None:
                 unmatched.append(name)
@@ -103,8 +107,13 @@ def host_estimate(model: PreparedModel, path: Path, manifest: Mapping[str, Any])
     Parameters not found in the package are set to NaN rather than left at their fp32 values: a
     parameter the graph does not use (e.g. BERT's pooler under feature extraction) stays harmless,
     one that was missed makes the outputs NaN and the gates fail instead of overstating accuracy."""
-    from edge_export.targets.coreml.package import decompressed_weights
+    from edge_export.targets.coreml.activations import fake_quant_hooks, package_activation_scales
+    from edge_export.targets.coreml.package import decompressed_weights, load_program
 
     module = copy.deepcopy(model.module).eval()
     coverage = load_weights(module, decompressed_weights(path))
+    scales = package_activation_scales(load_program(path))
+    if scales:  # int8 activations (int8-w8a8): the package's own scales on the same linear inputs
+        coverage["activation_quantized_linears"] = fake_quant_hooks(module, scales)
+        coverage["activation_scales_in_package"] = len(scales)
     return HostEstimate(module, model, coverage)

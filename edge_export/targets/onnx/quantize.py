@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge_export.exporter.prepared import CalibrationSet
+from edge_export.targets.stages import outlier_names
 
 # ORT's quantizers log warnings we act on ourselves (e.g. the opset bump for int4 Gather).
 logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
@@ -131,12 +132,8 @@ class _Reader:
 
 
 def outlier_matmuls(model: Path, calibration: CalibrationSet, names: set[str], ratio: float) -> list[str]:
-    """MatMuls (constant weights) whose calibrated input range exceeds `ratio` x the median.
-
-    One per-tensor int8 scale cannot hold an input whose range is hundreds of times the usual
-    one (the "massive activations" of LLM down-projections): every other value rounds to zero.
-    Those nodes stay in float; everything else is quantized.
-    """
+    """MatMuls (constant weights) whose calibrated input range exceeds `ratio` x the median
+    (stages.outlier_names): those nodes stay in float; everything else is quantized."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     import onnx
@@ -156,10 +153,7 @@ def outlier_matmuls(model: Path, calibration: CalibrationSet, names: set[str], r
         if node.input[0] in ranges:
             low, high = (float(np.asarray(v).reshape(-1)[0]) for v in ranges[node.input[0]].range_value)
             peaks[node.name] = max(abs(low), abs(high))
-    if not peaks:
-        return []
-    median = float(np.median(list(peaks.values())))
-    return sorted(name for name, peak in peaks.items() if peak > ratio * max(median, 1e-12))
+    return outlier_names(peaks, ratio)
 
 
 def int8_static(
