@@ -57,6 +57,18 @@ class ExportError(EdgeExportError):
         self.target = target
         self.stage = stage
 
+    def library_trace(self, frames: int = 12) -> list[str]:
+        """Where inside the library the failure came from: the last `frames` frames of the
+        underlying exception's traceback as "file:line in function" (for the report, so a failure in
+        a build pipeline can be diagnosed without a rerun); empty when there is no underlying one."""
+        import traceback
+
+        cause = self.__cause__
+        if cause is None or cause.__traceback__ is None:
+            return []
+        summary = traceback.extract_tb(cause.__traceback__)[-frames:]
+        return [f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in summary]
+
 
 class AccuracyError(EdgeExportError):
     """One or more accuracy gates failed; lists every failing metric."""

@@ -144,7 +144,7 @@ def test_tiny_llama_plain_attention_matches_custom_ops(tmp_path: Path, tiny_llam
     code, _, _ = run_cli(["export", tiny_llama, "--out", out, "--recipe", "executorch:xnnpack-fp32",
                           "--config", config, "--no-latency"])  # fmt: skip
     result = load_report(out)["results"][0]
-    assert code == 0, result
+    assert code == 0, result["error"]
     assert metric(result, "generation_match") == 1.0
     assert "llama::custom_sdpa" not in result["inspect"]["residency"]["fallback_by_op"]
 
@@ -157,7 +157,7 @@ def test_tiny_decoder_families_executorch(tmp_path: Path, model_type: str) -> No
         ["export", folder, "--out", out, "--recipe", "executorch:xnnpack-fp32", "--no-latency"]
     )
     result = load_report(out)["results"][0]
-    assert code == 0, result
+    assert code == 0, result["error"]
     assert metric(result, "generation_match") == 1.0
     assert metric(result, "max_abs_error") < 1e-3
 
@@ -286,4 +286,5 @@ def test_lowering_failure_names_the_stage_and_other_targets_still_run(
     assert onnx["status"] == "passed"
     assert et["status"] == "error" and et["error"]["stage"] == "lower"
     assert "XNNPACK rejected node aten.foo" in et["error"]["message"]
+    assert et["error"]["trace"][-1].endswith("in broken")  # where in the library it failed
     assert not (out / "executorch-xnnpack-fp32").exists()
