@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         dest="recipes",
         metavar="ID",
-        help="exact recipe id, e.g. onnx:int8-static",
+        help="exact recipe id(s), e.g. onnx:int8-static or onnx:fp32,coreml:int8-w8a8 (repeatable)",
     )
     exp.add_argument("--config", type=Path, help="YAML or TOML config file (flags override it)")
     exp.add_argument("--out", type=Path, help="output folder (default edge-export-out)")

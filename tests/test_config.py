@@ -239,3 +239,14 @@ def test_invalid_values_rejected(values: dict, where: str) -> None:
 def test_model_is_required() -> None:
     with pytest.raises(ConfigError, match="'model'"):
         build_config({}, {"model": None})
+
+
+def test_recipes_take_comma_lists_like_quantize() -> None:
+    from edge_export.exporter.plan import plan_runs
+
+    cfg = build_config(
+        {}, {"model": "m", "recipes": ["onnx:fp32, coreml:int8-w8a8", "onnx:fp32", "tflite:fp16"]}
+    )
+    assert [r.recipe.id for r in plan_runs(cfg)] == ["onnx:fp32", "coreml:int8-w8a8", "tflite:fp16"]
+    with pytest.raises(ConfigError, match="unknown recipe 'onnx:int9'"):
+        plan_runs(build_config({}, {"model": "m", "recipes": ["onnx:fp32,onnx:int9"]}))

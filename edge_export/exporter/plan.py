@@ -35,7 +35,8 @@ def plan_runs(cfg: ExportConfig) -> list[PlannedRun]:
     check_override_keys(cfg.validation.gates)
     runs: list[PlannedRun] = []
     if cfg.recipes:
-        for recipe_id in cfg.recipes:
+        ids = [r.strip() for item in cfg.recipes for r in item.split(",") if r.strip()]  # like --quantize
+        for recipe_id in ids:
             recipe = get_recipe(recipe_id)
             runs.append(PlannedRun(get_target(recipe.target), recipe))
     else:
