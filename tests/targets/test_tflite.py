@@ -356,3 +356,26 @@ def test_conversion_failure_names_the_stage_and_other_targets_still_run(
     assert tfl["status"] == "error" and tfl["error"]["stage"] == "convert"
     assert "failed to legalize operation 'aten.foo'" in tfl["error"]["message"]
     assert not (out / "tflite-fp32").exists()
+
+
+_IMPORT_THEN_LOAD = """
+import transformers
+original = transformers.integrations.use_kernel_forward_from_hub
+from edge_export.targets.tflite.convert import hf_export_modules
+hf_export_modules()
+assert transformers.integrations.use_kernel_forward_from_hub is original
+from transformers.models.mistral import modeling_mistral  # first imported after litert-torch
+print(modeling_mistral.MistralRMSNorm.__module__)
+"""
+
+
+def test_litert_import_leaves_transformers_models_alone() -> None:
+    """litert-torch's HF exporter swaps transformers' kernel decorator process-wide on import; models
+    imported afterwards got its RMSNorm and their ONNX/ExecuTorch exports failed (found in CI: only
+    the families a worker had not loaded before the TFLite tests)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _IMPORT_THEN_LOAD], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "transformers.models.mistral.modeling_mistral"

@@ -73,11 +73,23 @@ def _tflite_schema_alias() -> Iterator[None]:
 
 def hf_export_modules() -> tuple[Any, Any, Any]:
     """(export, export_lib, exportable_module) of litert_torch.generative.export_hf, importable
-    without TensorFlow."""
-    with _tflite_schema_alias():
-        from litert_torch.generative.export_hf import export
-        from litert_torch.generative.export_hf.core import export_lib, exportable_module
+    without TensorFlow, with transformers left as it was.
 
+    Importing export_lib replaces `transformers.integrations.use_kernel_forward_from_hub` for the
+    whole process (litert_torch/generative/export_hf/core/patches.py): every transformers model
+    module imported afterwards (e.g. Mistral, Phi-3, Qwen3 when they had not been used yet) gets
+    litert's RMSNorm with StableHLO composite markers, which ONNX and ExecuTorch exports of those
+    models then fail on ("'NoneType' object has no attribute 'kind'" in ExecuTorch's
+    ToOutVarPass). The original decorator is put back right after the import."""
+    import transformers
+
+    original = transformers.integrations.use_kernel_forward_from_hub
+    try:
+        with _tflite_schema_alias():
+            from litert_torch.generative.export_hf import export
+            from litert_torch.generative.export_hf.core import export_lib, exportable_module
+    finally:
+        transformers.integrations.use_kernel_forward_from_hub = original
     return export, export_lib, exportable_module
 
 
