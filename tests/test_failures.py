@@ -107,3 +107,32 @@ def test_targets_command(capsys: pytest.CaptureFixture[str]) -> None:
     onnx = next(t for t in json.loads(out) if t["name"] == "onnx")
     assert onnx["installed"] is True
     assert {r["id"] for r in onnx["recipes"]} >= {"onnx:fp32", "onnx:int8-static", "onnx:int4-weight"}
+
+
+def test_a_failed_conversion_does_not_break_later_exports_in_the_process(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Targets keep fp32 conversions in a scratch folder for the whole process (API users, long
+    pipelines); a conversion that failed half-way must not block the next one (it once did: the
+    next conversion reused the failed one's folder name and stopped on FileExistsError)."""
+    from edge_export.targets.onnx import graph
+
+    real, calls = graph.torch_to_onnx, []
+
+    def fails_once(model: Any, path: Path) -> Any:
+        calls.append(path)
+        if len(calls) == 1:
+            path.write_bytes(b"partial")
+            raise RuntimeError("exporter crashed half-way")
+        return real(model, path)
+
+    monkeypatch.setattr(graph, "torch_to_onnx", fails_once)
+    monkeypatch.setattr(base.get_target("onnx"), "_base", {})  # no conversion cached from other tests
+    code, _, _ = run_cli(["export", tiny_bert, "--out", tmp_path / "a", "--no-latency"])
+    assert (
+        code == 3
+        and "exporter crashed half-way" in load_report(tmp_path / "a")["results"][0]["error"]["message"]
+    )
+    code, _, _ = run_cli(["export", tiny_bert, "--out", tmp_path / "b", "--no-latency"])
+    assert code == 0 and load_report(tmp_path / "b")["results"][0]["status"] == "passed"
+    assert len(calls) == 2 and calls[0].parent.parent != calls[1].parent.parent

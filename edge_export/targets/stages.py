@@ -7,9 +7,12 @@ Shared by the targets whose libraries raise arbitrary exceptions from deep insid
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
+from edge_export import interrupts
 from edge_export.errors import ConfigError, ExportError
 from edge_export.quiet import native_stderr_captured, quiet
 
@@ -52,3 +55,20 @@ def outlier_names(peaks: Mapping[str, float], ratio: float) -> list[str]:
 
     median = float(np.median(list(peaks.values())))
     return sorted(name for name, peak in peaks.items() if peak > ratio * max(median, 1e-12))
+
+
+class Scratch:
+    """A target's temporary folder for conversions it reuses across recipes: created on first use,
+    removed at exit and on Ctrl-C, handing out a fresh subfolder per conversion (never one an
+    earlier, possibly failed, conversion wrote to)."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def fresh(self) -> Path:
+        """A new empty folder inside the scratch folder."""
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix=self._prefix)
+            interrupts.track(Path(self._dir.name))
+        return Path(tempfile.mkdtemp(dir=self._dir.name))

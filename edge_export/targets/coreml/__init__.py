@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_export import interrupts
 from edge_export.errors import ConfigError, NotRunnableHere
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.quiet import native_stderr_captured, quiet
@@ -29,7 +27,7 @@ from edge_export.targets.coreml.recipes import (
     RECIPES,
     SHAPE_MODES,
 )
-from edge_export.targets.stages import linear_shapes, run_stage
+from edge_export.targets.stages import Scratch, linear_shapes, run_stage
 
 _AUTO_BUCKETS = (16, 32, 64, 128, 256, 512)
 # Decoder families whose attention the stateful KV-cache wrapper drives (each has a tiny-model test).
@@ -44,7 +42,7 @@ class CoremlTarget:
     quantizes = "after-export"
 
     def __init__(self) -> None:
-        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._scratch = Scratch("edge-export-coreml-")
         # (model sha256, task, shape options, deployment target, precision) -> saved base package
         self._base: dict[tuple[Any, ...], Path] = {}
 
@@ -140,10 +138,7 @@ class CoremlTarget:
         key = (model.sha256, model.task, opts["shape_mode"], tuple(opts["seq_buckets"]),
                opts["max_seq_len"], target, precision)  # fmt: skip
         if key not in self._base:
-            if self._scratch is None:
-                self._scratch = tempfile.TemporaryDirectory(prefix="edge-export-coreml-")
-                interrupts.track(Path(self._scratch.name))
-            out = Path(self._scratch.name) / f"base-{len(self._base)}.mlpackage"
+            out = self._scratch.fresh() / "base.mlpackage"
             run_stage("coreml", "convert", convert.convert, model, recipe, target, precision, out)
             self._base[key] = out
         return self._base[key]

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_export import interrupts
 from edge_export.errors import ConfigError, ExportError
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.targets.base import Artifact, Recipe, Runnable
 from edge_export.targets.onnx.recipes import RECIPES
+from edge_export.targets.stages import Scratch
 
 _BLOCK_SIZES = (16, 32, 64, 128, 256)
 _CALIBRATION = ("minmax", "percentile", "entropy")
@@ -27,7 +26,7 @@ class OnnxTarget:
     quantizes = "after-export"
 
     def __init__(self) -> None:
-        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._scratch = Scratch("edge-export-onnx-")
         # (model sha256, task) -> the clean fp32 export and the facts recorded about it
         self._base: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
 
@@ -75,11 +74,7 @@ class OnnxTarget:
 
         key = (model.sha256, model.task)
         if key not in self._base:
-            if self._scratch is None:
-                self._scratch = tempfile.TemporaryDirectory(prefix="edge-export-onnx-")
-                interrupts.track(Path(self._scratch.name))
-            folder = Path(self._scratch.name) / f"{len(self._base)}"
-            folder.mkdir()
+            folder = self._scratch.fresh()
             raw = folder / "raw" / "model.onnx"
             raw.parent.mkdir()
             try:

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_export import interrupts
 from edge_export.errors import ConfigError
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.quiet import native_stderr_captured
 from edge_export.targets.base import Artifact, Recipe, Runnable
-from edge_export.targets.stages import linear_shapes, run_stage
+from edge_export.targets.stages import Scratch, linear_shapes, run_stage
 from edge_export.targets.tflite.recipes import BLOCK_SIZES, RECIPES
 
 _AUTO_BUCKETS = (16, 32, 64, 128, 256, 512)
@@ -38,7 +36,7 @@ class TfliteTarget:
     quantizes = "after-export"
 
     def __init__(self) -> None:
-        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._scratch = Scratch("edge-export-tflite-")
         # (model sha256, task, signature options) -> fp32 file and its signature table
         self._base: dict[tuple[Any, ...], tuple[Path, dict[str, Any]]] = {}
 
@@ -117,10 +115,7 @@ class TfliteTarget:
         )
         key = (model.sha256, model.task, shape_key)
         if key not in self._base:
-            if self._scratch is None:
-                self._scratch = tempfile.TemporaryDirectory(prefix="edge-export-tflite-")
-                interrupts.track(Path(self._scratch.name))
-            out = Path(self._scratch.name) / f"fp32-{len(self._base)}.tflite"
+            out = self._scratch.fresh() / "fp32.tflite"
             if decoder:
                 table = run_stage("tflite", "convert", convert.decoder, model, opts["max_seq_len"],
                                   list(opts["prefill_lengths"]), out)  # fmt: skip
