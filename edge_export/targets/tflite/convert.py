@@ -80,16 +80,19 @@ def hf_export_modules() -> tuple[Any, Any, Any]:
     module imported afterwards (e.g. Mistral, Phi-3, Qwen3 when they had not been used yet) gets
     litert's RMSNorm with StableHLO composite markers, which ONNX and ExecuTorch exports of those
     models then fail on ("'NoneType' object has no attribute 'kind'" in ExecuTorch's
-    ToOutVarPass). The original decorator is put back right after the import."""
+    ToOutVarPass). The original decorator is put back before any model module is imported."""
     import transformers
 
     original = transformers.integrations.use_kernel_forward_from_hub
-    try:
-        with _tflite_schema_alias():
-            from litert_torch.generative.export_hf import export
-            from litert_torch.generative.export_hf.core import export_lib, exportable_module
-    finally:
-        transformers.integrations.use_kernel_forward_from_hub = original
+    with _tflite_schema_alias():
+        # the patch module first, on its own, and undo it before anything imports model modules:
+        # export_lib itself imports some (Qwen3, Gemma3), which would keep litert's RMSNorm
+        try:
+            from litert_torch.generative.export_hf.core import patches  # noqa: F401
+        finally:
+            transformers.integrations.use_kernel_forward_from_hub = original
+        from litert_torch.generative.export_hf import export
+        from litert_torch.generative.export_hf.core import export_lib, exportable_module
     return export, export_lib, exportable_module
 
 
