@@ -99,8 +99,9 @@ class ExportRun:
         except ExportError as exc:
             shutil.rmtree(bundle, ignore_errors=True)
             result["error"] = {"type": "ExportError", "stage": exc.stage, "message": exc.one_line()}
-            if exc.library_trace():
-                result["error"]["trace"] = exc.library_trace()
+            trace = exc.library_trace()
+            if trace:
+                result["error"]["trace"] = trace
             return result
         manifest = self._manifest(run, artifact)
         self.model.save_tokenizer(bundle)

@@ -48,8 +48,8 @@ def outlier_names(peaks: Mapping[str, float], ratio: float) -> list[str]:
 
     One per-tensor int8 scale cannot hold an input whose range is hundreds of times the usual one
     (the "massive activations" of LLM down-projections): every other value would round to zero, so
-    static int8 recipes leave those layers' inputs in float."""
-    if not peaks:
+    static int8 recipes leave those layers' inputs in float. A ratio of 0 (or less) marks none."""
+    if not peaks or ratio <= 0:
         return []
     import numpy as np
 

@@ -57,9 +57,11 @@ def _weight_name(op: Any) -> str | None:
 
 def mil_linears(program: Any) -> list[Any]:
     """Every `linear` op of the program whose input is computed (not a constant)."""
+    from edge_export.targets.coreml.package import walk_ops
+
     ops = []
     for function in program.functions.values():
-        for op in function.operations:
+        for op in walk_ops(function):
             x = op.inputs.get("x") if op.op_type == "linear" else None
             if x is not None and (x.op is None or x.op.op_type != "const"):
                 ops.append(op)
@@ -110,7 +112,7 @@ def calibrate(
         low, high = ranges[id(module)]
         stats[str(op.inputs["x"].name)] = {"rmin": low, "rmax": high}
         peaks[str(op.name)] = max(abs(low), abs(high))
-    outliers = outlier_names(peaks, ratio) if ratio > 0 else []
+    outliers = outlier_names(peaks, ratio)
     return {"stats": stats, "matched": sorted(peaks), "float_linears": outliers, "unmatched": unmatched}
 
 

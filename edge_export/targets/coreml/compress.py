@@ -1,9 +1,10 @@
 """Compression of a converted fp16 package with coremltools.optimize.coreml, one config per recipe.
 
 Every float weight with at least `_THRESHOLD` elements is compressed (linear layers and the token
-tables, which are half of a small encoder's bytes); norms and biases stay fp16. For LMs the
-output head (often the tied token table) gets int8 per channel unless head_bits is 4: int4 on it
-costs most of an int4 model's perplexity.
+tables, which are half of a small encoder's bytes); norms and biases stay fp16. int4-block's zero
+points come from zero_point.py unless the recipe asks for coremltools' int4 ones; an LM's output
+head (often the tied token table) can stay int8 per channel (head_bits 8), as can layers named
+in int8_layers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.targets.base import Recipe
@@ -35,15 +38,21 @@ def _weight_config(recipe: Recipe) -> Any:
                                          num_kmeans_workers=1, **grouping)  # fmt: skip
 
 
-def head_weight(program: Any, vocab_size: int) -> str | None:
-    """The MIL const the LM head's `linear` reads (its weight has vocab_size rows), if any."""
-    for function in program.functions.values():
-        for op in function.operations:
-            if op.op_type != "linear":
-                continue
-            weight = op.weight
-            if weight.op is not None and weight.op.op_type == "const" and weight.shape[0] == vocab_size:
-                return str(weight.op.name)
+def float_consts(spec: Any) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the program's float const tensors, from the proto (no weight is read)."""
+    from edge_export.targets.coreml.package import const_tensors
+
+    return {name: shape for name, dtype, shape in const_tensors(spec) if dtype in ("fp16", "fp32")}
+
+
+def head_weight(spec: Any, consts: Mapping[str, tuple[int, ...]], vocab_size: int) -> str | None:
+    """The const the LM head's `linear` reads (its weight has vocab_size rows), if any."""
+    from edge_export.targets.coreml.package import linear_weights
+
+    for weight in linear_weights(spec).values():
+        shape = consts.get(weight)
+        if shape and shape[0] == vocab_size:
+            return weight
     return None
 
 
@@ -53,33 +62,18 @@ def _int8(cto: Any) -> Any:
                                               weight_threshold=_THRESHOLD)  # fmt: skip
 
 
-def _consts(program: Any) -> list[str]:
-    """Names of the program's const ops."""
-    return [str(op.name) for f in program.functions.values() for op in f.operations if op.op_type == "const"]
-
-
-def _tables(program: Any) -> list[str]:
+def _tables(consts: Mapping[str, tuple[int, ...]]) -> list[str]:
     """The stateful LM's rotary cos/sin lookup tables (small; int4 on them is needless error)."""
-    return [
-        str(op.name)
-        for function in program.functions.values()
-        for op in function.operations
-        if op.op_type == "const" and ("cos_table" in op.name or "sin_table" in op.name)
-    ]
+    return [name for name in consts if "cos_table" in name or "sin_table" in name]
 
 
-def _ungroupable(program: Any, group: int, skip: Mapping[str, Any]) -> list[str]:
+def _ungroupable(consts: Mapping[str, tuple[int, ...]], group: int, skip: Mapping[str, Any]) -> list[str]:
     """Large float consts whose first axis is not a multiple of the palette group size."""
-    names = []
-    for function in program.functions.values():
-        for op in function.operations:
-            value = op.outputs[0] if op.op_type == "const" else None
-            if value is None or op.name in skip or value.val is None or not hasattr(value.val, "shape"):
-                continue
-            shape = value.val.shape
-            if len(shape) >= 2 and value.val.size >= _THRESHOLD and shape[0] % group:
-                names.append(str(op.name))
-    return names
+    return [
+        name
+        for name, shape in consts.items()
+        if name not in skip and len(shape) >= 2 and int(np.prod(shape)) >= _THRESHOLD and shape[0] % group
+    ]
 
 
 def compress(
@@ -93,10 +87,11 @@ def compress(
     from edge_export.targets.coreml.package import load_program
 
     mlmodel = ct.models.MLModel(str(base), skip_model_load=True)
+    spec = mlmodel.get_spec()
+    consts = float_consts(spec)  # names and shapes from the proto: the weights are read once, below
     config = _weight_config(recipe)
     overrides: dict[str, Any] = {}
     info: dict[str, Any] = {"weight_threshold": _THRESHOLD}
-    program = load_program(base)
     if recipe.needs_calibration:
         from edge_export.targets.coreml.activations import quantize_activations
 
@@ -105,25 +100,27 @@ def compress(
         count = int(recipe.options["calibration_samples"])
         feeds = CalibrationSet(calibration.feeds[:count], calibration.description)
         mlmodel, info["activation_quantization"] = quantize_activations(
-            mlmodel, program, model, feeds, float(recipe.options["outlier_ratio"])
+            mlmodel, load_program(base), model, feeds, float(recipe.options["outlier_ratio"])
         )
-    if model.io.kind == "decoder" and recipe.options.get("head_bits", 4) == 8 and recipe.precision == "int4":
-        head = head_weight(program, int(model.hf_model.config.vocab_size))
-        if head:
+    head = None
+    if model.io.kind == "decoder" and recipe.precision == "int4":
+        head = head_weight(spec, consts, int(model.hf_model.config.vocab_size))
+    if head:
+        info["head"] = {"weight": head, "bits": int(recipe.options.get("head_bits", 4))}
+        if info["head"]["bits"] == 8:
             overrides[head] = _int8(cto)
-            info["head"] = {"weight": head, "bits": 8}
     patterns = list(recipe.options.get("int8_layers", []))
-    for name in _consts(program) if patterns else []:
+    for name in consts if patterns else []:
         if any(p.replace(".", "_").lower() in name.lower() for p in patterns) and name not in overrides:
             overrides[name] = _int8(cto)
             info.setdefault("int8_layers", []).append(name)
-    for name in _tables(program):  # fp32-computed rotary tables: keep them exact
+    for name in _tables(consts):  # fp32-computed rotary tables: keep them exact
         overrides[name] = None
     if recipe.name.startswith("palettize") and recipe.options["group_size"]:
         # coremltools silently leaves a tensor fp16 when its rows do not divide into groups (e.g.
         # a 30522-row token table): give those one 8-bit palette per tensor instead (MiniLM
         # palettize-4bit: table fp16 0.9388 cosine at 29.0 MB, 8-bit 0.9378 at 17.3 MB, 4-bit 0.9196)
-        for name in _ungroupable(program, int(recipe.options["group_size"]), overrides):
+        for name in _ungroupable(consts, int(recipe.options["group_size"]), overrides):
             overrides[name] = cto.coreml.OpPalettizerConfig(
                 mode="kmeans", nbits=8, weight_threshold=_THRESHOLD
             )
@@ -131,6 +128,14 @@ def compress(
     optimization = cto.coreml.OptimizationConfig(global_config=config, op_name_configs=overrides or None)
     if recipe.name.startswith("palettize"):
         compressed = cto.coreml.palettize_weights(mlmodel, optimization)
+    elif recipe.options.get("zero_point", "int4") != "int4":
+        from edge_export.targets.coreml.zero_point import linear_quantize_weights
+
+        choice = str(recipe.options["zero_point"])
+        # an int4 LM head's zero point costs the most perplexity (SmolLM2: +8.7% int4, +4.4% fp16)
+        fp16_head = [head] if head and head not in overrides else []
+        compressed, counts = linear_quantize_weights(mlmodel, optimization, choice, fp16_head)
+        info["zero_point"] = {"mode": choice, "tensors_by_zero_point": counts}
     else:
         compressed = cto.coreml.linear_quantize_weights(mlmodel, optimization)
     compressed.save(str(out))

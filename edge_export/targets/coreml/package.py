@@ -10,6 +10,7 @@ constexpr_lut_to_dense, constexpr_affine_dequantize, ...) are decompressed with 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,12 @@ def load_program(path: Path) -> Any:
     return milproto.load(spec, spec.specificationVersion, str(path / "Data" / "com.apple.CoreML" / "weights"))
 
 
-def _walk(block: Any) -> Any:
+def walk_ops(block: Any) -> Iterator[Any]:
+    """Every op of a block (pymil Function/Block or MIL proto Block), nested blocks included."""
     for op in block.operations:
         yield op
         for inner in op.blocks:
-            yield from _walk(inner)
+            yield from walk_ops(inner)
 
 
 def _feature(feature: Any) -> dict[str, Any]:
@@ -59,35 +61,70 @@ def _feature(feature: Any) -> dict[str, Any]:
     return out
 
 
-def op_histogram(path: Path) -> dict[str, int]:
+def op_histogram(path: Path, spec: Any = None) -> dict[str, int]:
     """MIL operator -> count over every function of the program (compression ops included)."""
-    spec = _spec(path)
+    spec = spec if spec is not None else _spec(path)
     counts: Counter[str] = Counter()
     for function in spec.mlProgram.functions.values():
-        for op in _walk(function.block_specializations[function.opset]):
+        for op in walk_ops(function.block_specializations[function.opset]):
             counts[op.type] += 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _weight_storage(program: Any) -> dict[str, dict[str, int]]:
-    """Stored bytes and element counts of weight tensors by stored dtype (int4 data, fp16 scales...)."""
+def const_tensors(spec: Any) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(op name, stored dtype, shape) of every tensor a const or constexpr op holds, read from the
+    program proto alone: the weight blobs are not opened, so this is cheap on a 250 MB package.
+    Covers plain consts, the attributes of iOS16 constexpr ops (quantized data, scales, zero
+    points) and the value bindings of iOS18 ones."""
     from coremltools.converters.mil.mil import types
 
+    def tensor(value: Any) -> tuple[str, tuple[int, ...]] | None:
+        if value.type.WhichOneof("type") != "tensorType":
+            return None
+        kind = value.type.tensorType
+        dims = tuple(int(d.constant.size) for d in kind.dimensions if d.WhichOneof("dimension") == "constant")
+        if len(dims) != kind.rank or kind.dataType not in types.PROTO_TO_BUILTIN_TYPE:
+            return None
+        return types.builtin_to_string(types.PROTO_TO_BUILTIN_TYPE[kind.dataType]), dims
+
+    out = []
+    for function in spec.mlProgram.functions.values():
+        for op in walk_ops(function.block_specializations[function.opset]):
+            if op.type != "const" and not op.type.startswith("constexpr_"):
+                continue
+            name = op.outputs[0].name if op.outputs else op.type
+            values = [v for key, v in op.attributes.items() if key != "name"]
+            bound = [b for arg in op.inputs.values() for b in arg.arguments]
+            values += [b.value for b in bound if b.WhichOneof("binding") == "value"]
+            for value in values:
+                found = tensor(value)
+                if found:
+                    out.append((name, *found))
+    return out
+
+
+def linear_weights(spec: Any) -> dict[str, str]:
+    """linear op name -> the name of the var its weight input reads (a const or constexpr output)."""
+    out = {}
+    for function in spec.mlProgram.functions.values():
+        for op in walk_ops(function.block_specializations[function.opset]):
+            if op.type == "linear" and op.inputs["weight"].arguments:
+                out[op.outputs[0].name] = op.inputs["weight"].arguments[0].name
+    return out
+
+
+def _weight_storage(spec: Any) -> dict[str, dict[str, int]]:
+    """Stored bytes and element counts of weight tensors by stored dtype (int4 data, fp16 scales...)."""
     by_dtype: dict[str, dict[str, int]] = {}
-    for function in program.functions.values():
-        for op in _walk(function):
-            if op.op_type != "const" or not types.is_tensor(op.outputs[0].sym_type):
-                continue
-            value = op.outputs[0]
-            count = int(np.prod(value.shape))
-            if count < 2:
-                continue
-            name = types.builtin_to_string(value.dtype)
-            width = int("".join(c for c in name if c.isdigit()) or 8)
-            entry = by_dtype.setdefault(name, {"tensors": 0, "elements": 0, "bytes": 0})
-            entry["tensors"] += 1
-            entry["elements"] += count
-            entry["bytes"] += (count * width + 7) // 8
+    for _, name, shape in const_tensors(spec):
+        count = int(np.prod(shape))
+        if count < 2:
+            continue
+        width = int("".join(c for c in name if c.isdigit()) or 8)
+        entry = by_dtype.setdefault(name, {"tensors": 0, "elements": 0, "bytes": 0})
+        entry["tensors"] += 1
+        entry["elements"] += count
+        entry["bytes"] += (count * width + 7) // 8
     return by_dtype
 
 
@@ -96,7 +133,6 @@ def structure(path: Path) -> dict[str, Any]:
     spec = _spec(path)
     description = spec.description
     files = [p for p in path.rglob("*") if p.is_file()]
-    program = load_program(path)
     return {
         "package_bytes": sum(p.stat().st_size for p in files),
         "model_type": spec.WhichOneof("Type"),
@@ -105,8 +141,8 @@ def structure(path: Path) -> dict[str, Any]:
         "inputs": [_feature(f) for f in description.input],
         "outputs": [_feature(f) for f in description.output],
         "states": [_feature(f) for f in description.state],
-        "mil_ops": op_histogram(path),
-        "weights_by_dtype": _weight_storage(program),
+        "mil_ops": op_histogram(path, spec),
+        "weights_by_dtype": _weight_storage(spec),
     }
 
 
@@ -118,7 +154,7 @@ def decompressed_weights(path: Path, min_elements: int = 2) -> dict[str, np.ndar
     program = load_program(path)
     out: dict[str, np.ndarray] = {}
     for function in program.functions.values():
-        for op in _walk(function):
+        for op in walk_ops(function):
             if not (op.op_type == "const" or op.op_type.startswith("constexpr_")):
                 continue
             for index, var in enumerate(op.outputs):
