@@ -123,32 +123,15 @@ def compression_config(recipe: str) -> Any:
     )
 
 
-def lm_overrides(mlmodel: Any, vocab_size: int, recipe: str) -> dict[str, Any]:
-    """SmolLM2, as edge-export does: the LM head (the linear reading a [vocab, hidden] const) and the
-    down_proj weights int8 per channel under int4, and the fp32 rotary cos/sin tables uncompressed."""
-    import coremltools.optimize as cto
-
+def lm_overrides(mlmodel: Any) -> dict[str, Any]:
+    """SmolLM2, as edge-export does: the fp32 rotary cos/sin tables stay uncompressed. (edge-export's
+    int4-block also gives some tensors an fp16 zero point per block, which the public
+    ct.optimize.coreml API cannot: this side keeps coremltools' int4 zero points everywhere.)"""
     overrides: dict[str, Any] = {}
     for function in mlmodel._mil_program.functions.values():
         for op in function.operations:
             if op.op_type == "const" and ("cos_table" in op.name or "sin_table" in op.name):
                 overrides[op.name] = None
-            if recipe == "int4-block" and op.op_type == "const" and "down_proj" in op.name:
-                overrides[op.name] = cto.coreml.OpLinearQuantizerConfig(
-                    mode="linear_symmetric",
-                    dtype="int8",
-                    granularity="per_channel",
-                    weight_threshold=THRESHOLD,
-                )
-            if recipe == "int4-block" and op.op_type == "linear":
-                weight = op.weight
-                if weight.op is not None and weight.op.op_type == "const" and weight.shape[0] == vocab_size:
-                    overrides[weight.op.name] = cto.coreml.OpLinearQuantizerConfig(
-                        mode="linear_symmetric",
-                        dtype="int8",
-                        granularity="per_channel",
-                        weight_threshold=THRESHOLD,
-                    )
     return overrides
 
 
@@ -165,12 +148,7 @@ def main(model: str, hf_dir: str, recipe: str, out_dir: str) -> None:
     convert = convert_smollm2 if model == "smollm2" else convert_minilm
     mlmodel = convert(Path(hf_dir), target)
     if recipe != "fp16":
-        overrides = {}
-        if model == "smollm2":
-            import json
-
-            vocab = int(json.loads((Path(hf_dir) / "config.json").read_text())["vocab_size"])
-            overrides = lm_overrides(mlmodel, vocab, recipe)
+        overrides = lm_overrides(mlmodel) if model == "smollm2" else {}
         config = cto.coreml.OptimizationConfig(
             global_config=compression_config(recipe), op_name_configs=overrides or None
         )

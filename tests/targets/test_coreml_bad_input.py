@@ -24,6 +24,7 @@ from edge_export.targets.coreml import CoremlTarget, deployment_target, resolve_
      ("coreml:fp16", {"shape_mode": "dynamic"}, "unknown shape_mode 'dynamic'"),
      ("coreml:int4-block", {"block_size": 48}, "block_size 48 is not supported"),
      ("coreml:int4-block", {"head_bits": 2}, "head_bits must be 4 or 8"),
+     ("coreml:int4-block", {"zero_point": "int8"}, "unknown zero_point 'int8'"),
      ("coreml:fp16", {"max_seq_len": 4096}, "max_seq_len 4096 is outside 2..128"),
      ("coreml:fp16", {"shape_mode": "enumerated", "seq_buckets": [16, 4096]},
       "seq_buckets [16, 4096] must lie in 1..128"),

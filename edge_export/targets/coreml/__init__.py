@@ -11,6 +11,7 @@ shared gates, labelled `"measured_on": "host-estimate"`. Real numbers come from 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ from edge_export.targets.coreml.recipes import (
     DEPLOYMENT_TARGETS,
     RECIPES,
     SHAPE_MODES,
+    ZERO_POINTS,
 )
 from edge_export.targets.stages import Scratch, linear_shapes, run_stage
 
@@ -92,6 +94,9 @@ class CoremlTarget:
                                   f"linear input), got {ratio!r}")  # fmt: skip
         if not all(isinstance(p, str) and p for p in opts.get("int8_layers", [])):
             raise ConfigError(f"{recipe.id}: int8_layers must be a list of layer-name patterns")
+        if opts.get("zero_point", "int4") not in ZERO_POINTS:
+            raise ConfigError(f"{recipe.id}: unknown zero_point {opts['zero_point']!r}",
+                              hint=f"use one of {', '.join(ZERO_POINTS)}")  # fmt: skip
         if opts.get("head_bits", 8) not in (4, 8):
             raise ConfigError(f"{recipe.id}: head_bits must be 4 or 8, got {opts['head_bits']!r}")
         if "group_size" in opts:
@@ -156,7 +161,7 @@ class CoremlTarget:
         details: dict[str, Any] = {"options": dict(recipe.options), "minimum_deployment_target": target}
         notes = [f"minimum deployment target raised to {target}: {reason}"] if reason else []
         if recipe.name in ("fp16", "fp32"):
-            shutil.copytree(base, out)
+            shutil.copytree(base, out, copy_function=_link_or_copy)
         else:
             info = run_stage("coreml", "compress", compress.compress, base, out, recipe, model, calibration)
             details["compression"] = info
@@ -192,6 +197,14 @@ class CoremlTarget:
         if details and "ane_preflight" in details:
             info["ane_preflight"] = details["ane_preflight"]
         return info
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link to the base package's file (never written again), or a copy across filesystems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def resolve_options(recipe: Recipe, model: PreparedModel) -> Recipe:

@@ -27,6 +27,7 @@ COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 DEPLOYMENT_TARGETS = ("auto", "iOS17", "iOS18")
 SHAPE_MODES = ("range", "enumerated")
 BLOCK_SIZES = (16, 32, 64, 128)
+ZERO_POINTS = ("auto", "int4", "fp16")  # int4-block: the zero point per block (zero_point.py)
 
 _COMMON: dict[str, object] = {
     "compute_units": "ALL",
@@ -66,10 +67,11 @@ RECIPES = (
     ),
     Recipe(
         "coreml:int4-block", "int4",
-        "int4 per-block weights with a zero point per block (block_size along the input), fp16 "
-        "compute; needs iOS18; the LM head (head_bits) and layers matching int8_layers stay int8 "
-        "per channel",
-        options=dict(_COMMON) | {"block_size": 32, "head_bits": 8, "int8_layers": ["down_proj"]},
+        "int4 per-block weights (block_size along the input), fp16 compute; needs iOS18. zero_point "
+        "auto: an fp16 zero point per block on tensors it makes exact (weights already on a 4-bit "
+        "grid, e.g. a Q4_1 GGUF) and on an LM head, coremltools' int4 one elsewhere (int4 / fp16 "
+        "force one); head_bits 8 and int8_layers keep the LM head / matching layers int8 per channel",
+        options=dict(_COMMON) | {"block_size": 32, "zero_point": "auto", "head_bits": 4, "int8_layers": []},
         gates=_INT4_GATES, default_for=("int4",),
     ),
     Recipe(
