@@ -103,10 +103,10 @@ def compress(
             mlmodel, load_program(base), model, feeds, float(recipe.options["outlier_ratio"])
         )
     head = None
-    if model.io.kind == "decoder" and recipe.precision == "int4":
+    if model.io.kind == "decoder" and "head_bits" in recipe.options:  # int4-block; palettes: no
         head = head_weight(spec, consts, int(model.hf_model.config.vocab_size))
     if head:
-        info["head"] = {"weight": head, "bits": int(recipe.options.get("head_bits", 4))}
+        info["head"] = {"weight": head, "bits": int(recipe.options["head_bits"])}
         if info["head"]["bits"] == 8:
             overrides[head] = _int8(cto)
     patterns = list(recipe.options.get("int8_layers", []))

@@ -42,6 +42,12 @@ def walk_ops(block: Any) -> Iterator[Any]:
             yield from walk_ops(inner)
 
 
+def spec_ops(spec: Any) -> Iterator[Any]:
+    """Every op of a saved program's proto, over every function, nested blocks included."""
+    for function in spec.mlProgram.functions.values():
+        yield from walk_ops(function.block_specializations[function.opset])
+
+
 def _feature(feature: Any) -> dict[str, Any]:
     """Name, dtype, shape and shape flexibility of one input/output/state description."""
     from coremltools import proto
@@ -64,10 +70,7 @@ def _feature(feature: Any) -> dict[str, Any]:
 def op_histogram(path: Path, spec: Any = None) -> dict[str, int]:
     """MIL operator -> count over every function of the program (compression ops included)."""
     spec = spec if spec is not None else _spec(path)
-    counts: Counter[str] = Counter()
-    for function in spec.mlProgram.functions.values():
-        for op in walk_ops(function.block_specializations[function.opset]):
-            counts[op.type] += 1
+    counts: Counter[str] = Counter(op.type for op in spec_ops(spec))
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
@@ -88,40 +91,38 @@ def const_tensors(spec: Any) -> list[tuple[str, str, tuple[int, ...]]]:
         return types.builtin_to_string(types.PROTO_TO_BUILTIN_TYPE[kind.dataType]), dims
 
     out = []
-    for function in spec.mlProgram.functions.values():
-        for op in walk_ops(function.block_specializations[function.opset]):
-            if op.type != "const" and not op.type.startswith("constexpr_"):
-                continue
-            name = op.outputs[0].name if op.outputs else op.type
-            values = [v for key, v in op.attributes.items() if key != "name"]
-            bound = [b for arg in op.inputs.values() for b in arg.arguments]
-            values += [b.value for b in bound if b.WhichOneof("binding") == "value"]
-            for value in values:
-                found = tensor(value)
-                if found:
-                    out.append((name, *found))
+    for op in spec_ops(spec):
+        if op.type != "const" and not op.type.startswith("constexpr_"):
+            continue
+        name = op.outputs[0].name if op.outputs else op.type
+        values = [v for key, v in op.attributes.items() if key != "name"]
+        bound = [b for arg in op.inputs.values() for b in arg.arguments]
+        values += [b.value for b in bound if b.WhichOneof("binding") == "value"]
+        for value in values:
+            found = tensor(value)
+            if found:
+                out.append((name, *found))
     return out
 
 
 def linear_weights(spec: Any) -> dict[str, str]:
     """linear op name -> the name of the var its weight input reads (a const or constexpr output)."""
-    out = {}
-    for function in spec.mlProgram.functions.values():
-        for op in walk_ops(function.block_specializations[function.opset]):
-            if op.type == "linear" and op.inputs["weight"].arguments:
-                out[op.outputs[0].name] = op.inputs["weight"].arguments[0].name
-    return out
+    return {
+        op.outputs[0].name: op.inputs["weight"].arguments[0].name
+        for op in spec_ops(spec)
+        if op.type == "linear" and op.inputs["weight"].arguments
+    }
 
 
 def _weight_storage(spec: Any) -> dict[str, dict[str, int]]:
     """Stored bytes and element counts of weight tensors by stored dtype (int4 data, fp16 scales...)."""
     by_dtype: dict[str, dict[str, int]] = {}
-    for _, name, shape in const_tensors(spec):
+    for _, dtype, shape in const_tensors(spec):
         count = int(np.prod(shape))
         if count < 2:
             continue
-        width = int("".join(c for c in name if c.isdigit()) or 8)
-        entry = by_dtype.setdefault(name, {"tensors": 0, "elements": 0, "bytes": 0})
+        width = int("".join(c for c in dtype if c.isdigit()) or 8)
+        entry = by_dtype.setdefault(dtype, {"tensors": 0, "elements": 0, "bytes": 0})
         entry["tensors"] += 1
         entry["elements"] += count
         entry["bytes"] += (count * width + 7) // 8
