@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ from edge_export.devices import get_device
 from edge_export.devices.inventory import DeviceSpec
 from edge_export.errors import ConfigError, DeviceError, InputError
 from edge_export.exporter.bundle import verify_bundle
+from edge_export.exporter.manifest_check import check_manifest
+from edge_export.files import read_json_file
 from edge_export.report.progress import Progress
 from edge_export.report.schema import new_result, single_result_report
 from edge_export.targets.base import registry
@@ -68,20 +69,28 @@ def devices_info(
 
 
 def read_bundle(bundle: Path) -> dict[str, Any]:
-    """The manifest of an intact bundle; InputError when missing or modified."""
+    """The manifest of an intact bundle; InputError when missing, malformed or modified."""
+    if not bundle.exists():
+        raise InputError(f"bundle {bundle} does not exist", hint="pass a bundle folder from OUT")
+    if not bundle.is_dir():
+        raise InputError(
+            f"bundle {bundle} is a file, not a bundle folder", hint="pass a bundle folder from OUT"
+        )
     manifest_file = bundle / "manifest.json"
     if not manifest_file.is_file():
         raise InputError(
             f"{bundle} is not a bundle (no manifest.json)", hint="pass a folder made by edge-export export"
         )
-    try:
-        manifest = json.loads(manifest_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{manifest_file} is not valid JSON", hint="re-export the bundle") from exc
-    changed = verify_bundle(bundle)
+    manifest = read_json_file(manifest_file, "manifest")
+    check_manifest(manifest, str(manifest_file))
+    if not (bundle / manifest["artifact"]).exists():
+        raise InputError(
+            f"bundle {bundle} lacks its artifact {manifest['artifact']}", hint="re-export the bundle"
+        )
+    changed = verify_bundle(bundle, manifest)
     if changed:
         raise InputError(
-            f"bundle files changed since export: {', '.join(changed)}", hint="re-export the bundle"
+            f"bundle files changed since export: {', '.join(changed[:5])}", hint="re-export the bundle"
         )
     return manifest
 
@@ -108,8 +117,6 @@ def bench(
     bundle: Path, devices: list[str], lat: LatencyConfig, inventory: Mapping[str, DeviceSpec] | None = None
 ) -> tuple[dict[str, Any], int]:
     """Latency of an existing bundle on each device; exit 4 when a device fails."""
-    if not bundle.is_dir():
-        raise InputError(f"bundle {bundle} does not exist", hint="pass a bundle folder from OUT")
     manifest = read_bundle(bundle)
     inputs = bench_inputs(bundle, manifest, lat)
     decoder = manifest["io"]["kind"] == "decoder"
@@ -133,8 +140,6 @@ def validate(
     """Re-check a bundle: rebuild the reference from the recorded model source, re-run the gates."""
     from edge_export.exporter.revalidate import revalidate
 
-    if not bundle.is_dir():
-        raise InputError(f"bundle {bundle} does not exist", hint="pass a bundle folder from OUT")
     manifest = read_bundle(bundle)
     if manifest["target"] not in registry():
         raise ConfigError(f"bundle target {manifest['target']} is not available here")

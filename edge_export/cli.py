@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export_config(args: argparse.Namespace) -> Any:
-    from edge_export.config import build_config, read_config_file
+    from edge_export.config import build_config, config_warnings, read_config_file
 
     file_values = read_config_file(args.config) if args.config else {}
     flags: dict[str, Any] = {
@@ -126,13 +126,16 @@ def _export_config(args: argparse.Namespace) -> Any:
     if args.no_latency:
         nested["latency"]["enabled"] = False
     flags.update({k: v for k, v in nested.items() if v})
-    return build_config(file_values, flags)
+    cfg = build_config(file_values, flags)
+    for warning in config_warnings(cfg, file_values, flags):
+        print(f"warning: {warning}", file=sys.stderr)
+    return cfg
 
 
 def _inventory_data(path: Path) -> dict[str, Any]:
     from edge_export.config import read_config_file
 
-    data = read_config_file(path)
+    data = read_config_file(path, "--inventory")
     return data["inventory"] if set(data) == {"inventory"} else data
 
 
@@ -147,6 +150,18 @@ def _inventory(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "inventory", None):
         specs.update(read_inventory(args.inventory))
     return specs
+
+
+def _latency_config(values: dict[str, Any]) -> Any:
+    """`bench`'s latency settings from its flags; an out-of-range count names the flag."""
+    from pydantic import ValidationError
+
+    from edge_export.config import LatencyConfig, explain
+
+    try:
+        return LatencyConfig(**values)
+    except ValidationError as exc:
+        raise explain(exc, LatencyConfig, {("latency", k) for k in values}, ("latency",)) from exc
 
 
 def _nested_flags(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -176,7 +191,6 @@ def _emit(report: dict[str, Any], as_json: bool) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from edge_export import api
-    from edge_export.config import LatencyConfig
     from edge_export.report.progress import Progress
 
     if args.command == "targets":
@@ -217,7 +231,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             overrides["inventory"] = inventory
         report, code = api.validate(args.bundle, overrides, progress)
     else:
-        lat = LatencyConfig(**_nested_flags(args)["latency"])
+        lat = _latency_config(_nested_flags(args)["latency"])
         report, code = api.bench(args.bundle, args.devices or ["local"], lat, _inventory(args))
     _emit(report, args.json)
     for result in report["results"]:
@@ -235,8 +249,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edge-export` console script."""
     args = build_parser().parse_args(argv)
-    if argv is None:  # the console script, not an embedding caller: Ctrl-C cleans up and exits 130
+    if argv is None:  # the console script, not an embedding caller: signals clean up, exit 128 + n
         interrupts.install()
+        scratch = interrupts.private_tmpdir()
+        try:
+            scratch.__enter__()
+        except OSError as exc:  # TMPDIR missing, full or not writable
+            from edge_export.files import describe_os_error
+
+            return _fail(describe_os_error(exc, "TMPDIR"))
+        try:
+            return _main(args)
+        finally:
+            scratch.__exit__(None, None, None)
+    return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return _dispatch(args)
     except EdgeExportError as exc:
@@ -246,15 +275,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written at the output folder", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug or an unforeseen library failure: still one line, exit 3
+    except OSError as exc:  # the user's paths or machine (permissions, full disk, ...), not a bug
+        from edge_export.files import USER_ERRNOS, describe_os_error
+
+        if exc.errno not in USER_ERRNOS:
+            return _unexpected(exc, args.debug)
         if args.debug:
             traceback.print_exc()
-        first = (str(exc).strip().splitlines() or [""])[0]
-        print(
-            f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return 3
+        return _fail(describe_os_error(exc))
+    except Exception as exc:  # a bug or an unforeseen library failure: still one line, exit 3
+        return _unexpected(exc, args.debug)
+
+
+def _unexpected(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    first = (str(exc).strip().splitlines() or [""])[0]
+    print(
+        f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    return 3
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 
+from edge_export import interrupts
 from edge_export.devices.base import Device
 from edge_export.devices.inventory import DeviceSpec
 from edge_export.errors import ConfigError
@@ -50,11 +51,14 @@ def known_devices(inventory: Mapping[str, DeviceSpec] | None = None) -> list[str
 def get_device(name: str, inventory: Mapping[str, DeviceSpec] | None = None) -> Device:
     """A device by name: the inventory first, then built-ins and `edge_export.devices` entry points."""
     if inventory and name in inventory:
-        return from_spec(name, inventory[name])
-    factories = _plugins()
-    if name not in factories:
-        raise ConfigError(
-            f"unknown device '{name}'",
-            hint=f"declare it in the inventory (known: {', '.join(known_devices(inventory))})",
-        )
-    return factories[name]()
+        device = from_spec(name, inventory[name])
+    else:
+        factories = _plugins()
+        if name not in factories:
+            raise ConfigError(
+                f"unknown device '{name}'",
+                hint=f"declare it in the inventory (known: {', '.join(known_devices(inventory))})",
+            )
+        device = factories[name]()
+    interrupts.on_interrupt(device.cleanup)  # Ctrl-C / TERM / HUP remove its work dir too
+    return device

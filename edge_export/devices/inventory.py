@@ -91,9 +91,9 @@ def parse_inventory(data: Any, origin: str) -> dict[str, DeviceSpec]:
 
 def read_inventory(path: Path) -> dict[str, DeviceSpec]:
     """A devices file: a mapping of name -> entry (optionally under a top-level `inventory:` key)."""
-    from edge_export.config import read_config_file
+    from edge_export.files import read_mapping_file
 
-    data = read_config_file(path)
+    data = read_mapping_file(path, "--inventory")
     if set(data) == {"inventory"}:
         data = data["inventory"]
     return parse_inventory(data, str(path))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import pickle
 import struct
 import warnings
 from pathlib import Path
@@ -16,6 +18,7 @@ from edge_export.exporter.families import family_for
 from edge_export.exporter.prepared import PreparedModel
 from edge_export.exporter.source import ModelSource
 from edge_export.exporter.tasks import auto_class, check_task, infer_task
+from edge_export.files import read_json_file
 
 
 def _quiet_transformers() -> None:
@@ -95,16 +98,60 @@ def _load_weights(source: ModelSource, task: str, trust_remote_code: bool) -> to
     if source.kind != "gguf":
         kwargs["use_safetensors"] = not source.uses_pickle
     try:
-        model = cls.from_pretrained(str(source.folder), **kwargs)
+        # Mismatched shapes are reported by check_loading_info (with names), not as transformers'
+        # "You set ignore_mismatched_sizes to False" error; nothing random-initialised gets through.
+        model, info = cls.from_pretrained(
+            str(source.folder), output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+    except pickle.UnpicklingError as exc:
+        raise InputError(
+            f"the pickle checkpoint of {source.given} holds objects that torch's safe loader refuses "
+            "to unpickle (they could run code)",
+            hint="convert it to safetensors where you trust its origin; edge-export never unpickles "
+            "arbitrary objects",
+        ) from exc
     except (OSError, ValueError, RuntimeError, KeyError, struct.error) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
             f"cannot load the weights of {source.given} for {task}: {first}",
             hint="check the files are complete and match config.json",
         ) from exc
+    check_loading_info(source, info)
     if source.kind == "gguf":
         model = _plain_copy(cls, model)
     return model.float().eval()
+
+
+def _names(keys: Any, limit: int = 4) -> str:
+    items = sorted(str(k) if not isinstance(k, tuple) else str(k[0]) for k in keys)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def check_loading_info(source: ModelSource, info: dict[str, Any]) -> None:
+    """Refuse a checkpoint that does not fill the architecture exactly: transformers would
+    random-initialise missing tensors (only a hidden warning), drop unexpected ones and, with
+    mismatched shapes, re-initialise those too. Tied weights and non-persistent buffers are not in
+    its lists (transformers resolves them), so every name listed here is a real mismatch."""
+    what = "GGUF tensors" if source.kind == "gguf" else "weights"
+    hint = "pass the complete, unmodified model files (config.json and weights from the same model)"
+    missing, unexpected = info.get("missing_keys") or (), info.get("unexpected_keys") or ()
+    mismatched = info.get("mismatched_keys") or ()
+    if missing:
+        raise InputError(
+            f"the {what} of {source.given} lack {len(missing)} tensor(s) the architecture needs: "
+            f"{_names(missing)}",
+            hint=hint,
+        )
+    if mismatched:
+        shown = ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in sorted(mismatched)[:3])
+        raise InputError(f"the {what} of {source.given} have tensors of the wrong shape: {shown}", hint=hint)
+    if unexpected:
+        raise InputError(
+            f"the {what} of {source.given} hold {len(unexpected)} tensor(s) the architecture does not "
+            f"use: {_names(unexpected)}",
+            hint=hint,
+        )
 
 
 def _plain_copy(cls: Any, model: torch.nn.Module) -> torch.nn.Module:
@@ -124,20 +171,53 @@ def _plain_copy(cls: Any, model: torch.nn.Module) -> torch.nn.Module:
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
+_JSON_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json")
+
+
+# Words, digits, punctuation and non-ASCII: a tokenizer that cannot map an unknown piece (e.g. its
+# unk token missing from the vocabulary) fails here, not halfway through validation.
+_PROBE_TEXT = "hello world: edge-export 2026, Zürich & 東京 qzxv!"
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    """Each tokenizer JSON file must be readable UTF-8 JSON: transformers skips some broken ones
+    without a word and would hand back a different tokenizer than the model was trained with."""
+    for name in _JSON_TOKENIZER_FILES:
+        path = folder / name
+        if path.exists() or path.is_symlink():
+            read_json_file(
+                path, f"tokenizer file {name}", hint="restore the model's original tokenizer files"
+            )
 
 
 def _load_tokenizer(source: ModelSource) -> Any | None:
     """The model's tokenizer, or None when the folder has none (transformers would otherwise
-    hand back an empty default tokenizer that encodes every text to nothing)."""
+    hand back an empty default tokenizer that encodes every text to nothing). Files that are
+    there but broken are an InputError naming them: a bundle never ships without its tokenizer
+    by accident, and validation never runs on ids from the wrong one."""
     from transformers import AutoTokenizer
 
-    if source.kind != "gguf" and not any((source.folder / n).is_file() for n in _TOKENIZER_FILES):
-        return None
+    present = [n for n in _TOKENIZER_FILES if (source.folder / n).is_file()]
+    if source.kind != "gguf":
+        if not present:
+            return None
+        _check_tokenizer_files(source.folder)
+    where = source.gguf_file.name if source.gguf_file else ", ".join(present)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source.folder), **_gguf_kwargs(source))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return tokenizer if tokenizer("hello world")["input_ids"] else None
+        ids = tokenizer(_PROBE_TEXT)["input_ids"]
+    except Exception as exc:  # tokenizers raises plain Exception for a broken model (e.g. WordLevel's unk)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(
+            f"the tokenizer of {source.given} ({where}) fails to load: {first}",
+            hint="restore the model's original tokenizer files",
+        ) from exc
+    if not ids:
+        raise InputError(
+            f"the tokenizer of {source.given} ({where}) turns text into no token ids",
+            hint="restore the model's original tokenizer files",
+        )
+    return tokenizer
 
 
 def prepare(source: ModelSource, task: str | None, *, trust_remote_code: bool = False) -> PreparedModel:
@@ -168,7 +248,10 @@ def prepare(source: ModelSource, task: str | None, *, trust_remote_code: bool = 
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         # RoBERTa-style position ids start after padding_idx, so the last slots are unusable.
         max_positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    notes = [] if tokenizer is not None else [NO_TOKENIZER_NOTE]
     return PreparedModel(
+        notes=notes,
+        weights=weights_digest(hf_model),
         source=source,
         task=task,
         family=family,
@@ -180,6 +263,32 @@ def prepare(source: ModelSource, task: str | None, *, trust_remote_code: bool = 
         config=config,
         max_positions=min(max_positions, 4096),
     )
+
+
+NO_TOKENIZER_NOTE = (
+    "no tokenizer in the model folder: the bundle ships without one, and validation fed synthetic "
+    "token ids instead of tokenized text"
+)
+
+
+def weights_digest(model: torch.nn.Module) -> dict[str, Any]:
+    """What was loaded, for the report: tensor count, parameter count and one sha256 over every
+    tensor (name, dtype, shape, bytes; tied tensors once), so two runs can prove they used the
+    same weights whatever files they came from."""
+    digest = hashlib.sha256()
+    seen: set[tuple[int, int]] = set()
+    count = numel = 0
+    for name, tensor in sorted(model.state_dict().items()):
+        key = (tensor.data_ptr(), tensor.numel())
+        if key in seen:
+            continue
+        seen.add(key)
+        count += 1
+        numel += tensor.numel()
+        data = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return {"tensors": count, "parameters": numel, "sha256": digest.hexdigest()}
 
 
 def _generation_ids(hf_model: torch.nn.Module, tokenizer: Any | None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ before the model loads. A failing target is recorded and the others still run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,8 +23,9 @@ from edge_export.exporter.bundle import StagedOutput, file_hashes, write_manifes
 from edge_export.exporter.loading import prepare
 from edge_export.exporter.plan import PlannedRun, plan_runs
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
-from edge_export.exporter.source import resolve
+from edge_export.exporter.source import ModelSource, resolve
 from edge_export.exporter.textdata import TextData, load_text
+from edge_export.files import USER_ERRNOS, describe_os_error
 from edge_export.quiet import native_stderr_captured
 from edge_export.report.progress import Progress
 from edge_export.report.schema import REPORT_SCHEMA, exit_code, new_result, tool_versions, write_report
@@ -53,17 +55,29 @@ class ExportRun:
         self.plan: list[PlannedRun] = plan_runs(cfg)
         self.text: TextData = load_text(cfg.validation.data)
         self.devices: list[Device] = [get_device(name, cfg.inventory) for name in dict.fromkeys(cfg.devices)]
+        self.source: ModelSource | None = None
         self.model: PreparedModel | None = None
         self.validator: Validator | None = None
         self.calibration: CalibrationSet | None = None
         self.timings: dict[str, float] = {}
 
+    def resolve_source(self) -> ModelSource:
+        """Find and check the model's files (cheap: nothing loads yet)."""
+        if self.source is None:
+            cfg = self.cfg
+            self.source = resolve(cfg.model, allow_pickle=cfg.allow_pickle, revision=cfg.revision)
+        return self.source
+
     def load(self) -> PreparedModel:
         """Resolve and load the model, pre-flight every recipe, compute reference results."""
         cfg = self.cfg
         with self.progress.task(f"loading {cfg.model}"), timed(self.timings, "load_s"):
-            source = resolve(cfg.model, allow_pickle=cfg.allow_pickle, revision=cfg.revision)
-            model = prepare(source, cfg.task, trust_remote_code=cfg.trust_remote_code)
+            model = prepare(self.resolve_source(), cfg.task, trust_remote_code=cfg.trust_remote_code)
+        if cfg.validation.data is not None and model.tokenizer is None:
+            raise InputError(
+                f"--data {cfg.validation.data} is text, but {cfg.model} has no tokenizer to turn it into ids",
+                hint="add the model's tokenizer files to its folder, or leave out --data",
+            )
         for run in self.plan:
             run.target.check(model, run.recipe)
             if cfg.require_full_delegation and hasattr(run.target, "check_full_delegation"):
@@ -110,8 +124,9 @@ class ExportRun:
         result.update(bundle=str(bundle.name), artifact=f"{bundle.name}/{artifact.path.name}",
                       size_bytes=sum(f.stat().st_size for f in artifact.files))  # fmt: skip
         result["inspect"] = run.target.inspect(artifact.path, artifact.details)
-        if artifact.details.get("notes"):  # decisions the user should see (e.g. a raised OS target)
-            result["notes"] = list(artifact.details["notes"])
+        notes = [*self.model.notes, *artifact.details.get("notes", [])]
+        if notes:  # facts and decisions the user should see (no tokenizer, a raised OS target)
+            result["notes"] = notes
         result["status"] = "passed"
         if self.validator is not None:
             try:
@@ -124,6 +139,8 @@ class ExportRun:
                 if result["accuracy"]["measured_on"] is None:
                     result["status"] = "not_run"
             except Exception as exc:  # a runtime that cannot run its own artifact is an export failure
+                if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:
+                    raise  # the machine (a full disk, a permission), not the artifact: the run stops
                 result["status"] = "error"
                 message = (
                     f"{recipe.id}: the artifact does not run on the host runtime: {type(exc).__name__}: {exc}"
@@ -162,7 +179,7 @@ class ExportRun:
         model = self.model
         return {
             "model": {"source": model.source.given, "kind": model.source.kind, "sha256": model.sha256,
-                      "task": model.task, "family": model.family.name},
+                      "task": model.task, "family": model.family.name, "weights": model.weights},
             "task": model.task,
             "target": run.target.name,
             "recipe": artifact.recipe.to_dict(),  # options as resolved for this model
@@ -231,6 +248,15 @@ class ExportRun:
 
         return check
 
+    def space_needed(self) -> int:
+        """Bytes this run's bundles take, estimated from the model's parameter count and each
+        recipe's bits per weight (for the message when the disk is full)."""
+        params = (self.model.weights or {}).get("parameters", 0) if self.model else 0
+        if not params and self.source is not None:
+            params = sum(p.stat().st_size for p in self.source.weight_files) // 2
+        bytes_per = {"fp32": 4.0, "fp16": 2.0, "int8": 1.1, "int4": 0.65}
+        return int(1.1 * params * sum(bytes_per.get(r.recipe.precision, 4.0) for r in self.plan))
+
     def device_info(self) -> list[dict[str, Any]]:
         """Facts of every device of the run; an unreachable one is listed with its error."""
         facts = []
@@ -265,14 +291,15 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dic
     started = time.perf_counter()
     progress = progress or Progress(enabled=False)
     run = ExportRun(cfg, progress)  # ids, data file, devices: checked before anything is written
-    staged = StagedOutput(cfg.out, cfg.force)
+    source = run.resolve_source()  # the model's files, so OUT can never be where they live
+    staged = StagedOutput(cfg.out, cfg.force, protect=source.protected_paths())
     try:
         model = run.load()
         results = [run.run_one(planned, staged.path) for planned in run.plan]
         report = {
             "schema": REPORT_SCHEMA,
             "model": {"source": cfg.model, "task": model.task, "sha256": model.sha256,
-                      "family": model.family.name},
+                      "family": model.family.name, "weights": model.weights},
             "versions": tool_versions(),
             "validation_data": run.text.origin,
             "devices": run.device_info(),
@@ -284,6 +311,11 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dic
     except KeyboardInterrupt as exc:
         staged.discard()
         raise Interrupted("interrupted; nothing was written", hint="run the command again") from exc
+    except OSError as exc:
+        staged.discard()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise describe_os_error(exc, "--out", needed_bytes=run.space_needed()) from exc
+        raise
     except Exception:
         staged.discard()
         raise

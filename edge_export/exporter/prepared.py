@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,10 @@ class PreparedModel:
     sha256: str
     config: Any = None
     max_positions: int = 512
+    # What was loaded (tensor count, parameters, sha256 of the loaded weights) and facts about the
+    # model every result should show (e.g. that it has no tokenizer).
+    weights: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         """Example positional inputs for torch.export; sizes avoid 0/1 specialisation."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edge_export.config import ExportConfig
+from pydantic import ValidationError
+
+from edge_export.config import ExportConfig, explain
 from edge_export.errors import InputError
 from edge_export.exporter.orchestrate import ExportRun, device_gates_failed
 from edge_export.exporter.plan import PlannedRun
@@ -19,10 +21,13 @@ def revalidate(
 ) -> tuple[dict[str, Any], int]:
     """Reload the model the bundle came from (hash-checked), then measure the bundle as shipped."""
     recipe = get_recipe(manifest["recipe"]["id"]).with_options(manifest["recipe"].get("options", {}))
-    cfg = ExportConfig.model_validate({
-        "model": manifest["model"]["source"], "task": manifest["task"], "recipes": [recipe.id],
-        "out": bundle, "force": True, **overrides,
-    })  # fmt: skip
+    values = {"model": manifest["model"]["source"], "task": manifest["task"], "recipes": [recipe.id],
+              "out": bundle, "force": True, **overrides}  # fmt: skip
+    try:
+        cfg = ExportConfig.model_validate(values)
+    except ValidationError as exc:
+        flags = {(k, n) for k, v in overrides.items() if isinstance(v, dict) for n in v}
+        raise explain(exc, ExportConfig, flags) from exc
     run = ExportRun(cfg, progress)
     run.plan = [PlannedRun(get_target(manifest["target"]), recipe)]
     model = run.load()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from edge_export.errors import InputError, MissingDependencyError
+from edge_export.files import file_sha256
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -46,14 +47,14 @@ class ModelSource:
             digest.update(file_sha256(path).encode())
         return digest.hexdigest()
 
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of one file, streamed."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    def protected_paths(self) -> tuple[Path, ...]:
+        """Paths an output folder must never equal, contain or sit inside: the model folder (a
+        hub snapshot included) or the .gguf file, and where its files really live (a hub
+        snapshot's files are links into the cache's blobs folder)."""
+        roots = [self.gguf_file] if self.gguf_file is not None else [self.folder]
+        files = [*self.weight_files, *([] if self.gguf_file else [self.folder / "config.json"])]
+        real = {p.resolve() for p in files} | {p.resolve().parent for p in files if p.is_symlink()}
+        return tuple(dict.fromkeys([*(p.resolve() for p in roots), *sorted(real)]))
 
 
 def resolve(model: str, *, allow_pickle: bool = False, revision: str | None = None) -> ModelSource:
@@ -143,6 +144,8 @@ def check_safetensors(path: Path) -> None:
         )
         if 8 + header_len + end > size:
             problem = f"truncated: {size} bytes, header needs {8 + header_len + end}"
+        else:
+            _check_weight_dtypes(path, header)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as exc:
         problem = f"corrupt header ({exc})"
     if problem:
@@ -150,6 +153,24 @@ def check_safetensors(path: Path) -> None:
             f"weights file {path} is not a valid safetensors file: {problem}",
             hint="re-download or re-save the model's weights",
         )
+
+
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+
+
+def _check_weight_dtypes(path: Path, header: dict) -> None:
+    """A weight or bias stored as integers (or fp8) is not a float checkpoint transformers can cast
+    losslessly: it is a quantized model (GPTQ, AWQ, bitsandbytes) or a damaged file."""
+    for name, entry in header.items():
+        if name == "__metadata__" or not name.endswith((".weight", ".bias")):
+            continue
+        dtype = str(entry.get("dtype", ""))
+        if dtype not in _FLOAT_DTYPES:
+            raise InputError(
+                f"weights file {path} stores {name} as {dtype}, where a float (F32/F16/BF16) weight belongs",
+                hint="pass the model's float weights; quantized checkpoints (GPTQ, AWQ, bitsandbytes) "
+                "are not an input edge-export reads",
+            )
 
 
 def _gguf_source(given: str, path: Path) -> ModelSource:

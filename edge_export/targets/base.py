@@ -67,12 +67,7 @@ class Recipe:
                     f"recipe {self.id} has no option '{key}'",
                     hint=f"valid options: {valid}",
                 )
-            default = self.options[key]
-            if default is not None and not isinstance(value, type(default)):
-                raise ConfigError(
-                    f"recipe {self.id} option '{key}' must be {type(default).__name__}, got {value!r}"
-                )
-            merged[key] = value
+            merged[key] = _option_value(self.id, key, self.options[key], value)
         return replace(self, options=merged)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +80,21 @@ class Recipe:
             "needs_calibration": self.needs_calibration,
             "gates": dict(self.gates),
         }
+
+
+def _option_value(recipe_id: str, key: str, default: Any, value: Any) -> Any:
+    """`value` checked against the type of the option's default: an int is accepted (as a float)
+    where a float is expected; a bool is never taken for a number."""
+    if default is None:
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    wrong_bool = isinstance(value, bool) and not isinstance(default, bool)
+    if wrong_bool or not isinstance(value, type(default)):
+        raise ConfigError(
+            f"recipe {recipe_id} option '{key}' must be {type(default).__name__}, got {value!r}"[:300]
+        )
+    return value
 
 
 @dataclass

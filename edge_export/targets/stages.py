@@ -7,6 +7,7 @@ Shared by the targets whose libraries raise arbitrary exceptions from deep insid
 
 from __future__ import annotations
 
+import errno
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,10 +27,18 @@ def run_stage(target: str, stage: str, fn: Callable[..., T], *args: Any, **kwarg
             return fn(*args, **kwargs)
     except (ConfigError, ExportError):
         raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the machine, not the converter: the run stops
+            raise
+        raise _export_error(target, stage, exc) from exc
     except Exception as exc:
-        text = str(exc).strip()
-        first = text.splitlines()[0][:300] if text else ""
-        raise ExportError(target, stage, f"{type(exc).__name__}: {first}".rstrip(": ")) from exc
+        raise _export_error(target, stage, exc) from exc
+
+
+def _export_error(target: str, stage: str, exc: Exception) -> ExportError:
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    return ExportError(target, stage, f"{type(exc).__name__}: {first}".rstrip(": "))
 
 
 def linear_shapes(model: Any) -> list[tuple[str, tuple[int, ...]]]:
