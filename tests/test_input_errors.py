@@ -53,6 +53,38 @@ def test_out_holding_the_gguf_file_is_refused(tmp_path: Path) -> None:
     assert gguf.stat().st_size == size
 
 
+def _hub_cache(model: Path, cache: Path, repo: str) -> Path:
+    """An offline Hugging Face cache holding `model` as `repo`: files in blobs/, linked from a
+    snapshot folder, refs/main naming it (the layout huggingface_hub writes)."""
+    import hashlib
+
+    base = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = base / "snapshots" / ("0" * 40)
+    for folder in (base / "blobs", snapshot, base / "refs"):
+        folder.mkdir(parents=True)
+    (base / "refs" / "main").write_text("0" * 40)
+    for file in model.iterdir():
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy(file, base / "blobs" / digest)
+        (snapshot / file.name).symlink_to(Path("../../blobs") / digest)
+    return base
+
+
+@pytest.mark.parametrize("where", ["blobs", "snapshot", "cache-root"])
+def test_out_overlapping_a_hub_snapshot_is_refused(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    cache = tmp_path / "hf" / "hub"
+    base = _hub_cache(tiny_bert, cache, "org/tiny")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = tree(base)
+    out = {"blobs": base / "blobs", "snapshot": base / "snapshots" / ("0" * 40), "cache-root": cache}[where]
+    run = run_cli_process(["export", "org/tiny", "--out", out, "--force", *QUICK], tmp_path)
+    expect_error(run, 2, "the model's files", "choose an --out outside the model folder")
+    assert tree(base) == before
+
+
 def test_force_refuses_an_out_with_foreign_files(tmp_path: Path, tiny_bert: Path) -> None:
     out = tmp_path / "out"
     (out / "onnx-fp32").mkdir(parents=True)
