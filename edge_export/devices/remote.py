@@ -42,7 +42,7 @@ GRACE_S = 30.0  # how long the host waits past the agent's own time limit
 
 def local_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under folder (relative posix paths), manifest included."""
-    from edge_export.exporter.bundle import file_sha256
+    from edge_export.files import file_sha256
 
     return {
         p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
@@ -239,6 +239,13 @@ class RemoteAgentDevice:
         """The device's own `sha256sum` (toybox, coreutils) against the host's hashes."""
         paths = {posixpath.join(remote, rel): digest for rel, digest in hashes.items()}
         code, out, err = self.execute(["sha256sum", "--", *paths], timeout_s=600)
+        if code in (126, 127):  # the shell could not run it: nothing was checked, nothing is known corrupt
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            raise DeviceError(
+                self.name, f"cannot verify the bundle: sha256sum does not run on the device (exit {code}: "
+                f"{last[:200]})", command=["sha256sum"], returncode=code, stderr=err,
+                hint="install sha256sum (coreutils or busybox) on the device, or set 'python' so the agent verifies",
+            )  # fmt: skip
         seen = {}
         for line in out.splitlines():
             digest, _, path = line.strip().partition(" ")

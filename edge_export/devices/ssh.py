@@ -9,13 +9,14 @@ What it guarantees:
 - the agent and each bundle are pushed once per run (content-addressed) and verified by sha256
   on the device; free space is checked before the upload;
 - every command has a timeout (the agent also stops itself); a dropped connection is retried
-  `retries` times with a fresh connection; `cleanup()` removes the work dir it created.
+  `retries` times with a fresh connection; `cleanup()` removes the work dir it created;
+- a failure is called a lost connection only when the connection is gone: a key file that cannot
+  be loaded, a refused key, a server without SFTP, a command killed on the device, a folder that
+  cannot be written (permissions, a file in the path, a full or read-only disk) are each named.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import io
 import posixpath
 import shlex
@@ -24,21 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from edge_export.devices.inventory import DeviceSpec
-from edge_export.devices.remote import RemoteAgentDevice
+from edge_export.devices.ssh_diagnosis import describe, reason, still_connected
+from edge_export.devices.ssh_login import connect_error, host_key_policy, load_key
+from edge_export.devices.ssh_sftp import SftpAccess
 from edge_export.errors import DeviceError, MissingDependencyError
-
-
-def fingerprint(key: Any) -> str:
-    """OpenSSH-style SHA256 fingerprint of a paramiko key."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 class _ConnectionLost(Exception):
     """The SSH transport died under a command (retried with a new connection)."""
 
 
-class SshDevice(RemoteAgentDevice):
+class SshDevice(SftpAccess):
     """A Linux (or macOS) machine reached over SSH, running the pushed agent with its Python."""
 
     kind = "ssh"
@@ -55,52 +52,31 @@ class SshDevice(RemoteAgentDevice):
         return f"{self.spec.user + '@' if self.spec.user else ''}{self.spec.host}:{self.spec.port}"
 
     def _connect(self) -> Any:
+        """A logged-in paramiko client; each way the server can refuse is a DeviceError naming it."""
         try:
             import paramiko
         except ImportError as exc:
             raise MissingDependencyError("devices", "the ssh device runner") from exc
         spec = self.spec
-        if spec.key_file is not None and not spec.key_file.expanduser().is_file():
-            raise DeviceError(
-                self.name, f"key file {spec.key_file} does not exist",
-                hint="set 'key_file' in the device entry to the private key the device accepts",
-            )  # fmt: skip
+        key = load_key(self)
         client = paramiko.SSHClient()
         known = (spec.known_hosts or Path("~/.ssh/known_hosts")).expanduser()
         if known.is_file():
             client.load_host_keys(str(known))
-        client.set_missing_host_key_policy(_policy(self, known))
+        client.set_missing_host_key_policy(host_key_policy(self, known))
         try:
             client.connect(
-                spec.host, port=spec.port, username=spec.user,
-                key_filename=str(spec.key_file.expanduser()) if spec.key_file else None,
+                spec.host, port=spec.port, username=spec.user, pkey=key,
                 timeout=spec.connect_timeout_s, banner_timeout=spec.connect_timeout_s,
                 auth_timeout=spec.connect_timeout_s, allow_agent=False, look_for_keys=False,
             )  # fmt: skip
         except DeviceError:
             client.close()
             raise
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise DeviceError(
-                self.name,
-                f"host key mismatch for {self.where}: known_hosts has {fingerprint(exc.expected_key)}, "
-                f"the host offered {fingerprint(exc.key)}; refusing to connect",
-                hint=f"if the device was re-installed, verify the new key and replace its line in {known}",
-            ) from exc
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise DeviceError(
-                self.name, f"authentication failed for {self.where}: {exc}",
-                hint="check 'user' and 'key_file' in the device entry and the device's authorized_keys",
-            ) from exc  # fmt: skip
         except (OSError, paramiko.SSHException, EOFError) as exc:
+            error = connect_error(self, exc, client, key, known)
             client.close()
-            reason = _reason(exc)
-            raise DeviceError(
-                self.name, f"cannot connect to {self.where}: {reason}",
-                hint="check that the device is on, reachable, and that sshd listens on that port",
-            ) from exc  # fmt: skip
+            raise error from exc
         return client
 
     def _session(self) -> Any:
@@ -119,29 +95,36 @@ class SshDevice(RemoteAgentDevice):
         self._client = None
 
     def _retrying(self, what: str, action: Any) -> Any:
-        """Run action(client); on a dropped connection reconnect and retry up to `retries` times."""
+        """Run action(client); on a dropped connection reconnect and retry up to `retries` times.
+        A DeviceError from the action (a cause already named) is raised as it is."""
         import paramiko
 
-        lost: Exception | None = None
+        failed = ""  # how the previous attempt failed, once one did
         for attempt in range(self.spec.retries + 1):
             try:
-                return action(self._session())
+                client = self._session()
             except DeviceError as exc:
-                if lost is None:
+                if not failed:
                     raise
                 raise DeviceError(
-                    self.name, f"connection to {self.where} lost during {what} ({lost}); reconnecting failed: "
-                    f"{exc.message.split(': ', 1)[-1]}",
+                    self.name, f"{failed}; reconnecting failed: {exc.message.split(': ', 1)[-1]}",
                     hint="check the device's power and network; the run can be repeated",
                 ) from exc  # fmt: skip
+            try:
+                return action(client)
             except (_ConnectionLost, paramiko.SSHException, EOFError, ConnectionError) as exc:
-                lost = exc
+                up = not isinstance(exc, _ConnectionLost) and still_connected(
+                    client.get_transport(), self.spec.connect_timeout_s
+                )
                 self._drop()
+                failed = (
+                    f"{what} on {self.where} failed while the connection stayed up ({describe(exc)})"
+                    if up
+                    else f"connection to {self.where} lost during {what} ({describe(exc)})"
+                )
                 if attempt == self.spec.retries:
-                    raise DeviceError(
-                        self.name, f"connection to {self.where} lost during {what}: {exc}",
-                        hint="check the device's power and network; the run can be repeated",
-                    ) from exc  # fmt: skip
+                    hint = None if up else "check the device's power and network; the run can be repeated"
+                    raise DeviceError(self.name, failed, hint=hint) from exc
                 time.sleep(min(0.5 * 2**attempt, 5.0))
         raise AssertionError("unreachable")
 
@@ -156,56 +139,63 @@ class SshDevice(RemoteAgentDevice):
             channel = transport.open_session(timeout=self.spec.connect_timeout_s)
             channel.exec_command(command)
             channel.shutdown_write()
-            out, err = bytearray(), bytearray()
-            deadline = time.monotonic() + timeout
-            while True:
-                while channel.recv_ready():
-                    out += channel.recv(1 << 16)
-                while channel.recv_stderr_ready():
-                    err += channel.recv_stderr(1 << 16)
-                if (
-                    channel.exit_status_ready()
-                    and not channel.recv_ready()
-                    and not channel.recv_stderr_ready()
-                ):
-                    break
-                if not transport.is_active():
-                    raise _ConnectionLost("the connection closed under the command")
-                if time.monotonic() > deadline:
-                    channel.close()
-                    raise DeviceError(
-                        self.name, f"command timed out after {timeout:.0f}s: {argv[0]} {' '.join(argv[1:3])}",
-                        command=argv, hint="raise 'command_timeout_s' in the device entry",
-                    )  # fmt: skip
-                time.sleep(0.01)
+            out, err = self._collect(channel, transport, timeout, argv)
             code = channel.recv_exit_status()
             channel.close()
+            if code == -1 and still_connected(transport, self.spec.connect_timeout_s):
+                raise DeviceError(
+                    self.name, f"'{argv[0]}' ended without an exit status while the connection stayed up "
+                    "(a command killed by a signal ends that way; paramiko does not say which signal)",
+                    command=argv, stderr=err, hint="look in the device's kernel log (dmesg) for what killed it",
+                )  # fmt: skip
             if code == -1:  # closed without an exit status: the server side went away
                 raise _ConnectionLost("the connection closed before the command finished")
-            return code, out.decode(errors="replace"), err.decode(errors="replace")
+            return code, out, err
 
         return self._retrying(f"'{argv[0]}'", once)
+
+    def _collect(self, channel: Any, transport: Any, timeout: float, argv: list[str]) -> tuple[str, str]:
+        """stdout and stderr of a started command, read until it exits (or times out, or the
+        connection goes)."""
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        while True:
+            while channel.recv_ready():
+                out += channel.recv(1 << 16)
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(1 << 16)
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                return out.decode(errors="replace"), err.decode(errors="replace")
+            if not transport.is_active():
+                raise _ConnectionLost("the connection closed under the command")
+            if time.monotonic() > deadline:
+                channel.close()
+                raise DeviceError(
+                    self.name, f"command timed out after {timeout:.0f}s: {argv[0]} {' '.join(argv[1:3])}",
+                    command=argv, hint="raise 'command_timeout_s' in the device entry",
+                )  # fmt: skip
+            time.sleep(0.01)
 
     def _upload(self, files: dict[str, Path | bytes], remote_root: str) -> None:
         """Copy files (relative path -> local file or bytes) under remote_root, making folders."""
 
         def once(client: Any) -> None:
-            sftp = client.open_sftp()
+            sftp = self._open_sftp(client)
             try:
                 made: set[str] = set()
                 for rel, source in files.items():
                     target = posixpath.join(remote_root, rel)
-                    _makedirs(sftp, posixpath.dirname(target), made)
-                    try:
-                        if isinstance(source, bytes):
-                            sftp.putfo(io.BytesIO(source), target, confirm=True)
-                        else:
-                            sftp.put(str(source), target, confirm=True)
-                    except OSError as exc:
-                        raise DeviceError(
-                            self.name, f"upload of {rel} to {target} failed: {exc or type(exc).__name__}",
-                            hint="check free space and permissions of 'work_dir' on the device",
-                        ) from exc  # fmt: skip
+                    self._makedirs(sftp, posixpath.dirname(target), made)
+                    # opened here, so that an OSError from putfo is the device's, not this machine's
+                    local = io.BytesIO(source) if isinstance(source, bytes) else source.open("rb")
+                    size = len(source) if isinstance(source, bytes) else source.stat().st_size
+                    with local:
+                        try:
+                            sftp.putfo(local, target, file_size=size, confirm=True)
+                        except OSError as exc:
+                            raise self._write_failure(
+                                f"upload of {rel} to {target}", target, exc, size
+                            ) from exc
             finally:
                 sftp.close()
 
@@ -215,59 +205,17 @@ class SshDevice(RemoteAgentDevice):
         """Copy one remote file here; False when it does not exist."""
 
         def once(client: Any) -> bool:
-            sftp = client.open_sftp()
+            sftp = self._open_sftp(client)
             try:
                 sftp.get(remote, str(local))
                 return True
             except FileNotFoundError:
                 return False
+            except OSError as exc:
+                raise DeviceError(
+                    self.name, f"download of {remote} to {local} failed: {reason(exc)}"
+                ) from exc
             finally:
                 sftp.close()
 
         return self._retrying("the download", once)
-
-
-def _reason(exc: BaseException) -> str:
-    """The OS reason of a failed connect ("Connection refused", "timed out"), not paramiko's wrapper."""
-    errors = getattr(exc, "errors", None)  # NoValidConnectionsError: address -> OSError
-    if errors:
-        exc = next(iter(errors.values()))
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def _makedirs(sftp: Any, path: str, made: set[str]) -> None:
-    if not path or path in made or path == "/":
-        return
-    try:
-        sftp.stat(path)
-    except FileNotFoundError:
-        _makedirs(sftp, posixpath.dirname(path), made)
-        sftp.mkdir(path)
-    made.add(path)
-
-
-def _policy(device: SshDevice, known: Path) -> Any:
-    """Refuse unknown host keys (printing the fingerprint) unless the entry opts in."""
-    import paramiko
-
-    class Policy(paramiko.MissingHostKeyPolicy):
-        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-            if device.spec.accept_unknown_host:
-                client.get_host_keys().add(hostname, key.get_name(), key)  # this run only
-                return
-            port = device.spec.port
-            scan = (
-                f"ssh-keyscan -p {port} {device.spec.host}"
-                if port != 22
-                else f"ssh-keyscan {device.spec.host}"
-            )
-            raise DeviceError(
-                device.name,
-                f"unknown host key for {device.where}: {key.get_name()} {fingerprint(key)}; refusing to connect",
-                hint=f"verify the fingerprint on the device, then add it: {scan} >> {known} "
-                "(or set accept_unknown_host: true in the device entry)",
-            )
-
-    return Policy()

@@ -53,7 +53,10 @@ def _descendants(pid: int) -> list[int]:
 class LocalSshd:
     """sshd -D on a free 127.0.0.1 port; stop() (or drop()) ends it and all its sessions."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sftp: str | None = "internal-sftp") -> None:
+        """A daemon rooted at `root` (keys, config, log). `sftp` is the program of its `Subsystem sftp`
+        line (a path that does not exist there makes a broken one); None leaves the line out, as on a
+        board whose sshd has no SFTP."""
         if not Path(SSHD).is_file():
             raise RuntimeError(f"{SSHD} is missing: install Debian's openssh-server (`make setup` does)")
         self.root = root
@@ -72,11 +75,12 @@ class LocalSshd:
             f"[127.0.0.1]:{self.port} {self.host_key.with_suffix('.pub').read_text()}"
         )
         self.config = root / "sshd_config"
+        subsystem = f"Subsystem sftp {sftp}\n" if sftp is not None else ""
         self.config.write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\nPidFile {root / 'sshd.pid'}\n"
             f"AuthorizedKeysFile {root / 'authorized_keys'}\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\nStrictModes no\n"
-            "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 50\n"
+            f"PermitRootLogin prohibit-password\n{subsystem}LogLevel ERROR\nMaxStartups 50\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +316,207 @@ def test_cli_device_faults_are_exit_4_with_the_device_named(
     assert entries["bad board"]["error"]["message"].startswith("device 'bad board': ")
     assert message in entries["bad board"]["error"]["message"] and message in err
     assert "Traceback" not in err
+
+
+# -- issue 15: every device error names the real cause ----------------------------------------------
+def _shell_only(sshd: LocalSshd, tmp_path: Path, **overrides: object) -> SshDevice:
+    """A device without Python: push() goes straight to SFTP (no `mkdir -p` through the shell first)."""
+    return _device(sshd, tmp_path, python=None, benchmark_tools={"onnx": ["/bin/true"]}, **overrides)
+
+
+def test_cli_server_without_sftp_is_named_not_a_lost_connection(
+    bert_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon = LocalSshd(tmp_path / "sshd", sftp=None).start()  # sshd_config has no `Subsystem sftp`
+    try:
+        inventory = tmp_path / "devices.yaml"
+        entry = daemon.spec(work_dir=str(tmp_path / "work"), python=sys.executable, connect_timeout_s=5)
+        inventory.write_text(yaml.safe_dump({"pi": entry}))
+        code, out, err = run_cli(
+            ["bench", bert_bundle, "--device", "pi", "--inventory", inventory, "--iterations", "1",
+             "--warmup", "0", "--json"],
+            capsys,
+        )  # fmt: skip
+    finally:
+        daemon.stop()
+    assert code == 4, out
+    message = json.loads(out)["results"][0]["latency_by_device"][0]["error"]["message"]
+    assert message.startswith(
+        f"device 'pi': the SSH server at 127.0.0.1:{daemon.port} has no SFTP subsystem"
+    ), message
+    assert "fix: enable `Subsystem sftp internal-sftp`" in message and "no SFTP subsystem" in err
+    for wrong in ("power and network", "lost", "Channel closed"):
+        assert wrong not in message and wrong not in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("sftp", "message"),
+    [
+        (
+            "/nonexistent/sftp-server",
+            r"ended without answering \(exit 127, the shell's code for a command not found\)",
+        ),
+        (
+            '/bin/sh -c "echo hello from a login script; exec /usr/lib/openssh/sftp-server"',
+            r"did not answer in SFTP \(paramiko: Garbage packet received\).*fix: make the login user's shell",
+        ),
+    ],
+    ids=["missing sftp-server", "output before sftp"],
+)
+def test_broken_sftp_server_is_named(sftp: str, message: str, bert_bundle: Path, tmp_path: Path) -> None:
+    daemon = LocalSshd(tmp_path / "sshd", sftp=sftp).start()
+    try:
+        device = _device(daemon, tmp_path, retries=2)
+        with pytest.raises(
+            DeviceError, match=f"the SFTP server behind the SSH server at .*{message}"
+        ) as info:
+            device.push(bert_bundle)
+        assert "lost" not in str(info.value) and "power and network" not in str(info.value)
+        device.cleanup()
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize("python", [True, False], ids=["agent", "no python"])
+def test_work_dir_under_a_file_is_named(
+    python: bool, sshd: LocalSshd, bert_bundle: Path, tmp_path: Path
+) -> None:
+    # root writes anywhere, so the folder that cannot be written is one under a regular file
+    (tmp_path / "a file").write_text("not a folder\n")
+    work = str(tmp_path / "a file" / "work")
+    device = _device(sshd, tmp_path, work_dir=work) if python else _shell_only(sshd, tmp_path, work_dir=work)
+    expected = (
+        r"cannot create .*a file/work: mkdir: .*Not a directory"  # `mkdir -p` on the device says so
+        if python
+        else r"a file on the device is a file, not a folder, so nothing can be stored under it \(fix: point"
+    )
+    with pytest.raises(DeviceError, match=expected) as info:
+        device.push(bert_bundle)
+    assert "lost" not in str(info.value) and "power and network" not in str(info.value)
+    device.cleanup()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """mount(options) -> a fresh tmpfs folder (unmounted at the end)."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True)
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_read_only_work_dir_is_named(
+    sshd: LocalSshd, bert_bundle: Path, tmp_path: Path, tmpfs: Callable[[str], Path]
+) -> None:
+    # SFTP v3 reports EROFS as a bare "Failure"; the probe asks the device's OS why a file cannot be made
+    device = _shell_only(sshd, tmp_path, work_dir=str(tmpfs("size=64m,ro") / "work"))
+    with pytest.raises(
+        DeviceError,
+        match=r"creating the folder .*/work failed: .* cannot be written: Read-only file system "
+        r"\(SFTP: Failure\)",
+    ):
+        device.push(bert_bundle)
+    device.cleanup()
+
+
+def test_disk_filling_up_during_the_upload_is_named(
+    sshd: LocalSshd, tmp_path: Path, tmpfs: Callable[[str], Path]
+) -> None:
+    # the free-space check before a push cannot see space taken while the upload runs: fill it mid-way
+    work = tmpfs("size=256k") / "work"
+    device = _device(sshd, tmp_path, work_dir=str(work))
+    for size in (500_000, 5_000_000):  # paramiko reports these as "size mismatch" and as "Failure"
+        with pytest.raises(
+            DeviceError, match=r"upload of big.bin to .* failed: no space left on the device \(0.0 MB free in "
+            r".*work for [\d.]+ MB; SFTP: .*\) \(fix: free space on the device"
+        ):  # fmt: skip
+            device._upload({"big.bin": b"x" * size}, str(work))
+    device.cleanup()
+
+
+def test_command_killed_by_a_signal_is_not_a_lost_connection(sshd: LocalSshd, tmp_path: Path) -> None:
+    device = _device(sshd, tmp_path, retries=2)
+    ran = tmp_path / "ran"
+    with pytest.raises(
+        DeviceError, match=r"'sh' ended without an exit status while the connection stayed up"
+    ):
+        device.execute(["sh", "-c", f"echo once >> '{ran}'; kill -KILL $$"])
+    assert ran.read_text() == "once\n"  # a killed command is not re-run as if the connection had dropped
+    assert device.execute(["true"])[0] == 0  # the connection is still the one that was up
+    device.cleanup()
+
+
+def test_missing_sha256sum_is_not_a_corrupted_bundle(
+    sshd: LocalSshd, bert_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = _shell_only(sshd, tmp_path)
+    real_execute = device.execute
+
+    def without_sha256sum(argv: list[str], timeout_s: float | None = None) -> tuple[int, str, str]:
+        if argv[0] == "sha256sum":  # a board whose userland has none
+            argv = ["sha256sum-not-installed", *argv[1:]]
+        return real_execute(argv, timeout_s)
+
+    monkeypatch.setattr(device, "execute", without_sha256sum)
+    with pytest.raises(
+        DeviceError,
+        match=r"cannot verify the bundle: sha256sum does not run on the device \(exit 127: .*not found",
+    ):
+        device.push(bert_bundle)
+    device.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (
+            "wrong",
+            r"authentication failed for .*: the server refused the key in .*other \(ssh-ed25519 SHA256:",
+        ),
+        (
+            "encrypted",
+            r"key file .*encrypted is encrypted with a passphrase; edge-export logs in with unencrypted",
+        ),
+        ("public half", r"key file .*\.pub is not a private key paramiko can load"),
+        ("none", r"no key to log in to .* with: the device entry has no 'key_file'"),
+    ],
+)
+def test_key_problems_are_named(key: str, message: str, sshd: LocalSshd, tmp_path: Path) -> None:
+    if key == "wrong":
+        key_file: str | None = str(keygen(tmp_path / "other"))
+    elif key == "encrypted":
+        key_file = str(tmp_path / "encrypted")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", key_file], check=True)
+    elif key == "public half":
+        key_file = str(sshd.client_key.with_suffix(".pub"))
+    else:
+        key_file = None
+    with pytest.raises(DeviceError, match=message) as info:
+        _device(sshd, tmp_path, key_file=key_file).info()
+    assert "cannot connect" not in str(info.value)  # the server was reached every time
+
+
+def test_server_without_key_authentication_is_named(tmp_path: Path) -> None:
+    daemon = LocalSshd(tmp_path / "sshd")
+    daemon.config.write_text(
+        daemon.config.read_text()
+        .replace("PubkeyAuthentication yes", "PubkeyAuthentication no")
+        .replace("PasswordAuthentication no", "PasswordAuthentication yes")
+    )
+    daemon.start()
+    try:
+        with pytest.raises(
+            DeviceError, match=r"the server does not offer key authentication \(it offers: password\)"
+        ):
+            _device(daemon, tmp_path).info()
+    finally:
+        daemon.stop()
