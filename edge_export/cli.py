@@ -7,7 +7,6 @@ written); 3 an export failed; 4 a device failed. Errors print one line; --debug 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -170,51 +169,18 @@ def _nested_flags(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {"latency": latency, "validation": validation}
 
 
-def _device_line(device: dict[str, Any]) -> str:
-    if device.get("reachable") is False:
-        return f"{device['name']} ({device['type']}): unreachable"
-    if "arch" not in device:
-        return f"{device['name']} ({device['type']})"
-    runtimes = ", ".join(f"{k} {v}" if v else f"{k}: missing" for k, v in device.get("runtimes", {}).items())
-    return f"{device['name']} ({device['type']}): {device['arch']} {device.get('os', '')} [{runtimes}]"
-
-
-def _emit(report: dict[str, Any], as_json: bool) -> None:
-    from edge_export.report.schema import to_json
-    from edge_export.report.table import print_table
-
-    if as_json:
-        sys.stdout.write(to_json(report) + "\n")
-    else:
-        print_table(report)
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     from edge_export import api
     from edge_export.report.progress import Progress
+    from edge_export.report.result import failure_lines
+    from edge_export.report.table import emit, print_devices, print_targets
 
     if args.command == "targets":
-        info = api.targets_info()
-        if args.json:
-            print(json.dumps(info, indent=2))
-        else:
-            for target in info:
-                state = (
-                    "installed"
-                    if target["installed"]
-                    else f"missing: pip install 'edge-export[{target['extra']}]'"
-                )
-                print(f"{target['name']} ({state})")
-                for recipe in target["recipes"]:
-                    print(f"  {recipe['id']:<24} {recipe['precision']:<5} {recipe['description']}")
+        print_targets(api.targets_info(), args.json)
         return 0
     if args.command == "devices":
         info = api.devices_info(check=args.check, inventory=_inventory(args))
-        if args.json:
-            print(json.dumps(info, indent=2))
-        else:
-            for device in info:
-                print(_device_line(device))
+        print_devices(info, args.json)
         unreachable = [d for d in info if d.get("reachable") is False]
         for device in unreachable:
             print(f"error: {device['error']}", file=sys.stderr)
@@ -223,27 +189,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "export":
         report, code = api.export(_export_config(args), progress)
     elif args.command == "validate":
-        overrides = {k: v for k, v in _nested_flags(args).items() if v}
-        if args.devices:
-            overrides["devices"] = args.devices
-        inventory = _inventory(args)
-        if inventory:
-            overrides["inventory"] = inventory
-        report, code = api.validate(args.bundle, overrides, progress)
+        report, code = api.validate(args.bundle, _validate_overrides(args), progress)
     else:
         lat = _latency_config(_nested_flags(args)["latency"])
         report, code = api.bench(args.bundle, args.devices or ["local"], lat, _inventory(args))
-    _emit(report, args.json)
-    for result in report["results"]:
-        messages = [
-            (result.get("error") or {}).get("message") or (result.get("accuracy") or {}).get("failure"),
-            result.get("residency_failure"),
-            *result.get("device_failures", []),
-            *[e["error"]["message"] for e in result["latency_by_device"] if "error" in e],
-        ]
-        for message in filter(None, messages):
-            print(f"error: {message}", file=sys.stderr)
+    emit(report, args.json)
+    for line in failure_lines(report):
+        print(f"error: {line}", file=sys.stderr)
     return code
+
+
+def _validate_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {k: v for k, v in _nested_flags(args).items() if v}
+    if args.devices:
+        overrides["devices"] = args.devices
+    inventory = _inventory(args)
+    if inventory:
+        overrides["inventory"] = inventory
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -242,7 +242,7 @@ def test_model_is_required() -> None:
 
 
 def test_recipes_take_comma_lists_like_quantize() -> None:
-    from edge_export.exporter.plan import plan_runs
+    from edge_export.run.plan import plan_runs
 
     cfg = build_config(
         {}, {"model": "m", "recipes": ["onnx:fp32, coreml:int8-w8a8", "onnx:fp32", "tflite:fp16"]}

@@ -13,8 +13,8 @@ from conftest import load_report, run_cli
 
 from edge_export.devices.local import LocalDevice
 from edge_export.errors import DeviceError, ExportError
-from edge_export.exporter import orchestrate
-from edge_export.targets import base
+from edge_export.run import session
+from edge_export.targets import registry
 from edge_export.targets.base import Recipe
 from edge_export.targets.onnx import OnnxTarget
 
@@ -43,9 +43,9 @@ class FlakyDevice(LocalDevice):
 
 @pytest.fixture
 def with_broken_target(monkeypatch: pytest.MonkeyPatch) -> None:
-    targets = dict(base.registry())
-    targets["broken"] = BrokenTarget()
-    monkeypatch.setattr(base, "_REGISTRY", targets)
+    """`broken` registered like a third-party target (an entry point would do the same)."""
+    monkeypatch.setattr(registry, "_FACTORIES", {**registry.factories(), "broken": BrokenTarget})
+    monkeypatch.setattr(registry, "_CATALOG", None)
 
 
 def test_failed_target_exit_3_others_still_run(
@@ -67,7 +67,7 @@ def test_failed_device_exit_4_keeps_other_measurements(
     tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     devices = {"local": LocalDevice, "flaky": FlakyDevice}
-    monkeypatch.setattr(orchestrate, "get_device", lambda name, inventory=None: devices[name]())
+    monkeypatch.setattr(session, "get_device", lambda name, inventory=None: devices[name]())
     out = tmp_path / "out"
     argv = ["export", tiny_bert, "--out", out, "--device", "local", "--device", "flaky", "--iterations", "2"]
     code, _, _ = run_cli(argv)
@@ -112,9 +112,9 @@ def test_targets_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_failed_conversion_does_not_break_later_exports_in_the_process(
     tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Targets keep fp32 conversions in a scratch folder for the whole process (API users, long
-    pipelines); a conversion that failed half-way must not block the next one (it once did: the
-    next conversion reused the failed one's folder name and stopped on FileExistsError)."""
+    """A conversion that failed half-way must not block the next one in the same process (API
+    users, long pipelines; it once did: the next conversion reused the failed one's folder name and
+    stopped on FileExistsError). Each run has its own target instances, so nothing is cached."""
     from edge_export.targets.onnx import graph
 
     real, calls = graph.torch_to_onnx, []
@@ -127,7 +127,6 @@ def test_a_failed_conversion_does_not_break_later_exports_in_the_process(
         return real(model, path)
 
     monkeypatch.setattr(graph, "torch_to_onnx", fails_once)
-    monkeypatch.setattr(base.get_target("onnx"), "_base", {})  # no conversion cached from other tests
     code, _, _ = run_cli(["export", tiny_bert, "--out", tmp_path / "a", "--no-latency"])
     assert (
         code == 3

@@ -266,7 +266,7 @@ def test_bad_manifests(tmp_path: Path, change: dict, fragments: tuple[str, ...],
 def test_out_of_range_counts(
     tmp_path: Path, flags: list[str], fragments: tuple[str, ...], command: str
 ) -> None:
-    from edge_export.exporter.bundle import write_manifest
+    from edge_export.run.bundle import write_manifest
 
     bundle = _bundle(tmp_path, GOOD_MANIFEST)
     (bundle / "model.onnx").write_bytes(b"onnx")
@@ -401,7 +401,7 @@ def test_contradicting_options_are_warned(tmp_path: Path, tiny_bert: Path) -> No
 
 
 def test_int_where_a_float_option_is_expected(tmp_path: Path, tiny_bert: Path) -> None:
-    from edge_export.targets.base import get_recipe
+    from edge_export.targets.registry import get_recipe
 
     recipe = get_recipe("coreml:int8-w8a8").with_options({"outlier_ratio": 4})
     assert recipe.options["outlier_ratio"] == 4.0 and isinstance(recipe.options["outlier_ratio"], float)

@@ -31,6 +31,7 @@ class Device(Protocol):
     """Somewhere a bundle runs: this machine, a board over SSH, a phone over adb, a Mac."""
 
     name: str
+    kind: str  # "local" for this machine (its outputs are the host's: not gated again), else the transport
 
     def info(self) -> dict[str, Any]:
         """Architecture, OS, CPU and memory facts."""

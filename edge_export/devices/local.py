@@ -26,6 +26,7 @@ class LocalDevice:
     """This machine, measured through the same agent a remote device runs."""
 
     name = "local"
+    kind = "local"
 
     def __init__(
         self, timeout_s: float = 1800.0, threads: int | None = None, name: str | None = None

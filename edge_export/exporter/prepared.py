@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -13,6 +13,26 @@ import torch
 from edge_export.exporter.families import Family
 from edge_export.exporter.iospec import IOSpec
 from edge_export.exporter.source import ModelSource
+
+
+@runtime_checkable
+class Runnable(Protocol):
+    """A loaded artifact on the host (or the PyTorch reference): named numpy inputs to named numpy
+    outputs, plus two capabilities every runnable answers (neutrally when it lacks them)."""
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one forward pass."""
+        ...
+
+    def lm_session(self) -> Any | None:
+        """A decoding session when the program keeps its KV cache inside (stateful LMs), else None
+        (the cache is explicit past/present inputs and outputs)."""
+        ...
+
+    def fixed_shape_variants(self) -> dict[str, tuple[int, Any]]:
+        """label -> (sequence length, runnable) for programs made of fixed-shape variants (TFLite
+        sequence buckets); empty when the program takes any length."""
+        ...
 
 
 @dataclass
@@ -101,6 +121,14 @@ class TorchRunnable:
     def __init__(self, module: torch.nn.Module, io: IOSpec) -> None:
         self.module = module
         self.io = io
+
+    def lm_session(self) -> None:
+        """The reference takes its KV cache as explicit inputs: no session of its own."""
+        return None
+
+    def fixed_shape_variants(self) -> dict[str, tuple[int, Any]]:
+        """The reference takes any sequence length."""
+        return {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One forward pass in fp32 without gradients."""

@@ -9,6 +9,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from edge_export.report.result import Result, exit_code
+
 REPORT_SCHEMA = "edge-export/report@1"
 _VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "numpy")
 
@@ -26,44 +28,13 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def new_result(target: str, recipe_id: str, precision: str) -> dict[str, Any]:
-    """A result entry with every contract key present."""
-    return {
-        "target": target,
-        "recipe": recipe_id,
-        "precision": precision,
-        "status": "error",
-        "bundle": None,
-        "artifact": None,
-        "size_bytes": None,
-        "accuracy": None,
-        "latency": None,
-        "latency_by_device": [],
-        "error": None,
-        "timings_s": {},
-    }
-
-
-def exit_code(results: list[dict[str, Any]]) -> int:
-    """0 all passed; 1 a gate failed; 3 an export failed; 4 a device failed. Largest wins."""
-    code = 0
-    for result in results:
-        if result["status"] == "failed":
-            code = max(code, 1)
-        if result["status"] == "error":
-            code = max(code, 3)
-        if any("error" in entry for entry in result.get("latency_by_device", [])):
-            code = max(code, 4)
-    return code
-
-
-def single_result_report(manifest: dict[str, Any], result: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def single_result_report(manifest: dict[str, Any], result: Result) -> tuple[dict[str, Any], int]:
     """The report of `validate`/`bench` on one bundle, and its exit code."""
     report = {
         "schema": REPORT_SCHEMA,
         "model": manifest["model"],
         "versions": tool_versions(),
-        "results": [result],
+        "results": [result.to_dict()],
     }
     return report, exit_code([result])
 

@@ -74,3 +74,51 @@ def print_table(report: dict[str, Any]) -> None:
     from rich.console import Console
 
     Console(width=160).print(render(report))
+
+
+def emit(report: dict[str, Any], as_json: bool) -> None:
+    """The report on stdout: strict JSON and nothing else with `--json`, else the table."""
+    import sys
+
+    from edge_export.report.schema import to_json
+
+    if as_json:
+        sys.stdout.write(to_json(report) + "\n")
+    else:
+        print_table(report)
+
+
+def print_targets(info: list[dict[str, Any]], as_json: bool) -> None:
+    """`edge-export targets`: every target, whether it is installed, and its recipes."""
+    import json
+
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    for target in info:
+        state = (
+            "installed" if target["installed"] else f"missing: pip install 'edge-export[{target['extra']}]'"
+        )
+        print(f"{target['name']} ({state})")
+        for recipe in target["recipes"]:
+            print(f"  {recipe['id']:<24} {recipe['precision']:<5} {recipe['description']}")
+
+
+def _device_line(device: dict[str, Any]) -> str:
+    if device.get("reachable") is False:
+        return f"{device['name']} ({device['type']}): unreachable"
+    if "arch" not in device:
+        return f"{device['name']} ({device['type']})"
+    runtimes = ", ".join(f"{k} {v}" if v else f"{k}: missing" for k, v in device.get("runtimes", {}).items())
+    return f"{device['name']} ({device['type']}): {device['arch']} {device.get('os', '')} [{runtimes}]"
+
+
+def print_devices(info: list[dict[str, Any]], as_json: bool) -> None:
+    """`edge-export devices`: each device on a line (or the JSON list)."""
+    import json
+
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    for device in info:
+        print(_device_line(device))

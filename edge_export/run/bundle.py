@@ -15,8 +15,8 @@ from typing import Any
 
 from edge_export import interrupts
 from edge_export.errors import ConfigError, InputError
-from edge_export.exporter.manifest_check import MANIFEST_SCHEMA
-from edge_export.files import describe_os_error, file_sha256
+from edge_export.files import describe_os_error, file_sha256, read_json_file
+from edge_export.run.manifest_check import MANIFEST_SCHEMA, check_manifest
 
 
 class StagedOutput:
@@ -174,3 +174,30 @@ def verify_bundle(bundle: Path, manifest: dict[str, Any] | None = None) -> list[
     actual = file_hashes(bundle)
     expected = manifest.get("files", {})
     return sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
+
+
+def read_bundle(bundle: Path) -> dict[str, Any]:
+    """The manifest of an intact bundle; InputError when missing, malformed or modified."""
+    if not bundle.exists():
+        raise InputError(f"bundle {bundle} does not exist", hint="pass a bundle folder from OUT")
+    if not bundle.is_dir():
+        raise InputError(
+            f"bundle {bundle} is a file, not a bundle folder", hint="pass a bundle folder from OUT"
+        )
+    manifest_file = bundle / "manifest.json"
+    if not manifest_file.is_file():
+        raise InputError(
+            f"{bundle} is not a bundle (no manifest.json)", hint="pass a folder made by edge-export export"
+        )
+    manifest = read_json_file(manifest_file, "manifest")
+    check_manifest(manifest, str(manifest_file))
+    if not (bundle / manifest["artifact"]).exists():
+        raise InputError(
+            f"bundle {bundle} lacks its artifact {manifest['artifact']}", hint="re-export the bundle"
+        )
+    changed = verify_bundle(bundle, manifest)
+    if changed:
+        raise InputError(
+            f"bundle files changed since export: {', '.join(changed[:5])}", hint="re-export the bundle"
+        )
+    return manifest

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from edge_export.config import ExportConfig
 from edge_export.errors import ConfigError, MissingDependencyError
-from edge_export.targets.base import Recipe, Target, get_recipe, get_target, recipe_for_precision, registry
+from edge_export.targets.base import Recipe, Target
+from edge_export.targets.registry import create, factories, get_recipe, recipe_for_precision
 from edge_export.validation.gates import check_override_keys
 
 
@@ -24,26 +25,33 @@ def _target_names(cfg: ExportConfig) -> list[str]:
         for name in item.split(","):
             name = name.strip()
             if name == "all":
-                names += list(registry())
+                names += sorted(factories())
             elif name:
                 names.append(name)
     return list(dict.fromkeys(names))
 
 
-def plan_runs(cfg: ExportConfig) -> list[PlannedRun]:
-    """Explicit --recipe ids, else the recommended recipe per target and precision."""
+def plan_runs(cfg: ExportConfig, targets: dict[str, Target] | None = None) -> list[PlannedRun]:
+    """Explicit --recipe ids, else the recommended recipe per target and precision. Each target is
+    a fresh instance for this run (`targets` collects them), so its caches end with the run."""
     check_override_keys(cfg.validation.gates)
+    made = targets if targets is not None else {}
+
+    def target(name: str) -> Target:
+        if name not in made:
+            made[name] = create(name)
+        return made[name]
+
     runs: list[PlannedRun] = []
     if cfg.recipes:
         ids = [r.strip() for item in cfg.recipes for r in item.split(",") if r.strip()]  # like --quantize
         for recipe_id in ids:
             recipe = get_recipe(recipe_id)
-            runs.append(PlannedRun(get_target(recipe.target), recipe))
+            runs.append(PlannedRun(target(recipe.target), recipe))
     else:
         precisions = [p.strip() for item in cfg.quantize for p in item.split(",") if p.strip()]
         for name in _target_names(cfg):
-            target = get_target(name)
-            runs += [PlannedRun(target, recipe_for_precision(target, p)) for p in precisions]
+            runs += [PlannedRun(target(name), recipe_for_precision(target(name), p)) for p in precisions]
     for recipe_id in cfg.recipe_options:
         get_recipe(recipe_id)
     runs = [

@@ -8,12 +8,24 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge_export.config import ExportConfig, explain
-from edge_export.errors import InputError
-from edge_export.exporter.orchestrate import ExportRun, device_gates_failed
-from edge_export.exporter.plan import PlannedRun
+from edge_export.errors import ConfigError, InputError
 from edge_export.report.progress import Progress
-from edge_export.report.schema import new_result, single_result_report
-from edge_export.targets.base import get_recipe, get_target
+from edge_export.report.result import Result
+from edge_export.report.schema import single_result_report
+from edge_export.run.bundle import read_bundle
+from edge_export.run.plan import PlannedRun
+from edge_export.run.session import ExportRun
+from edge_export.targets.registry import create, factories, get_recipe
+
+
+def validate_bundle(
+    bundle: Path, overrides: dict[str, Any], progress: Progress
+) -> tuple[dict[str, Any], int]:
+    """Re-check a bundle: rebuild the reference from the recorded model source, re-run the gates."""
+    manifest = read_bundle(bundle)
+    if manifest["target"] not in factories():
+        raise ConfigError(f"bundle target {manifest['target']} is not available here")
+    return revalidate(bundle, manifest, overrides, progress)
 
 
 def revalidate(
@@ -29,32 +41,24 @@ def revalidate(
         flags = {(k, n) for k, v in overrides.items() if isinstance(v, dict) for n in v}
         raise explain(exc, ExportConfig, flags) from exc
     run = ExportRun(cfg, progress)
-    run.plan = [PlannedRun(get_target(manifest["target"]), recipe)]
-    model = run.load()
-    if model.sha256 != manifest["model"]["sha256"]:
-        raise InputError(
-            f"the model at {cfg.model} is not the one this bundle was exported from (sha256 differs)",
-            hint="validate against the original model files",
-        )
-    planned = run.plan[0]
-    result = new_result(planned.target.name, recipe.id, recipe.precision)
-    artifact = bundle / manifest["artifact"]
-    result.update(
-        bundle=str(bundle), artifact=manifest["artifact"], size_bytes=_size(artifact), status="passed"
-    )
-    if run.validator is not None:
-        result["accuracy"] = run.validate_artifact(planned, artifact, manifest)
-        if result["accuracy"]["measured_on"] is None:
-            result["status"] = "not_run"
-        if result["accuracy"].get("failure"):
-            result["status"] = "failed"
-    if cfg.latency.enabled:
-        try:
-            result["latency_by_device"] = [run.measure_latency(d, bundle, planned) for d in run.devices]
-        finally:
-            run.close()
-        result["latency"] = result["latency_by_device"][0]
-        device_gates_failed(result)
+    run.plan = [PlannedRun(create(manifest["target"]), recipe)]
+    try:
+        model = run.load()
+        if model.sha256 != manifest["model"]["sha256"]:
+            raise InputError(
+                f"the model at {cfg.model} is not the one this bundle was exported from (sha256 differs)",
+                hint="validate against the original model files",
+            )
+        planned = run.plan[0]
+        artifact = bundle / manifest["artifact"]
+        result = Result(planned.target.name, recipe.id, recipe.precision, bundle=str(bundle),
+                        artifact=manifest["artifact"], size_bytes=_size(artifact), produced=True)  # fmt: skip
+        if run.validator is not None:
+            result.accuracy = run.validate_artifact(planned, artifact, manifest)
+        if cfg.latency.enabled:
+            result.latency_by_device = [run.measure_latency(d, bundle, planned) for d in run.devices]
+    finally:
+        run.close()
     return single_result_report(manifest, result)
 
 

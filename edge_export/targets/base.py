@@ -1,8 +1,9 @@
-"""The Target protocol, Recipe data and the target registry.
+"""The Target protocol and Recipe data (discovery and lookup live in targets/registry.py).
 
 A Recipe is frozen data with a stable id "<target>:<name>"; a Target turns a prepared model into
 an artifact for one recipe and can load that artifact back into a host runtime for validation.
-Built-in and third-party targets register through the `edge_export.targets` entry-point group.
+Optional capabilities (full-delegation pre-flight, a host estimate where the runtime cannot run
+here) are members of the protocol with neutral defaults in TargetBase, never probed for.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from importlib.metadata import entry_points
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from edge_export.errors import ConfigError
+from edge_export.exporter.prepared import Runnable
 
 if TYPE_CHECKING:
     from edge_export.exporter.prepared import CalibrationSet, PreparedModel
+
+__all__ = ["PRECISIONS", "Artifact", "HostEstimate", "Recipe", "Runnable", "Target", "TargetBase"]
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
@@ -60,13 +63,17 @@ class Recipe:
     def with_options(self, overrides: Mapping[str, Any]) -> Recipe:
         """A copy with options overridden; unknown option names or wrong types are errors."""
         merged = dict(self.options)
+        unknown = [str(key) for key in overrides if key not in self.options]
+        if unknown:  # every bad name at once, each with its closest valid one
+            valid = ", ".join(sorted(self.options)) or "none"
+            guesses = [(k, difflib.get_close_matches(k, list(self.options), n=1)) for k in unknown]
+            hints = [f"did you mean '{close[0]}' for '{key}'?" for key, close in guesses if close]
+            names = ", ".join(f"'{k}'" for k in unknown)
+            raise ConfigError(
+                f"recipe {self.id} has no option {names}"[:300],
+                hint=" ".join([*hints, f"valid options: {valid}"])[:400],
+            )
         for key, value in overrides.items():
-            if key not in self.options:
-                valid = ", ".join(sorted(self.options)) or "none"
-                raise ConfigError(
-                    f"recipe {self.id} has no option '{key}'",
-                    hint=f"valid options: {valid}",
-                )
             merged[key] = _option_value(self.id, key, self.options[key], value)
         return replace(self, options=merged)
 
@@ -110,13 +117,10 @@ class Artifact:
     io: dict[str, Any] | None = None
 
 
-@runtime_checkable
-class Runnable(Protocol):
-    """A loaded artifact on the host: maps named numpy inputs to named numpy outputs."""
+class HostEstimate(Runnable, Protocol):
+    """A host stand-in for an artifact whose runtime cannot run here, and what it covers."""
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        """Run one forward pass."""
-        ...
+    coverage: dict[str, Any]
 
 
 @runtime_checkable
@@ -157,70 +161,29 @@ class Target(Protocol):
         """Operators, residency and sizes of an artifact (`details`: what export recorded)."""
         ...
 
+    def check_full_delegation(self, model: PreparedModel, recipe: Recipe) -> None:
+        """--require-full-delegation pre-flight: raise ConfigError when this recipe can never run
+        entirely inside the accelerator delegate for this model (TargetBase: nothing to refuse)."""
+        ...
 
-def _discover() -> dict[str, Target]:
-    found: dict[str, Target] = {}
-    for ep in sorted(entry_points(group="edge_export.targets"), key=lambda e: e.name):
-        found[ep.name] = ep.load()()
-    if "onnx" not in found:  # running from a source tree without installed metadata
-        from edge_export.targets.coreml import CoremlTarget
-        from edge_export.targets.executorch import ExecutorchTarget
-        from edge_export.targets.onnx import OnnxTarget
-        from edge_export.targets.tflite import TfliteTarget
-
-        found["onnx"] = OnnxTarget()
-        found["coreml"] = CoremlTarget()
-        found["executorch"] = ExecutorchTarget()
-        found["tflite"] = TfliteTarget()
-    return found
+    def host_estimate(
+        self, model: PreparedModel, path: Path, manifest: Mapping[str, Any]
+    ) -> HostEstimate | None:
+        """Where the artifact's runtime cannot exist here (`load` raised NotRunnableHere): a stand-in
+        that estimates its accuracy on the host, labelled so in the report; None when the target has
+        no such estimate (TargetBase), and the result then says "not run"."""
+        ...
 
 
-_REGISTRY: dict[str, Target] | None = None
+class TargetBase:
+    """Neutral defaults for the optional members of the Target protocol; built-in targets inherit it."""
 
+    def check_full_delegation(self, model: PreparedModel, recipe: Recipe) -> None:
+        """No delegate that could be partial: nothing to refuse up front."""
+        return None
 
-def registry() -> dict[str, Target]:
-    """All registered targets by name (built-ins through the same entry-point path)."""
-    global _REGISTRY
-    if _REGISTRY is None:
-        _REGISTRY = _discover()
-    return _REGISTRY
-
-
-def get_target(name: str) -> Target:
-    """The target called `name`, or a ConfigError listing the valid names."""
-    targets = registry()
-    if name not in targets:
-        raise ConfigError(f"unknown target '{name}'", hint=f"choose from: {', '.join(sorted(targets))}, all")
-    return targets[name]
-
-
-def all_recipes() -> dict[str, Recipe]:
-    """Every recipe of every registered target, by id."""
-    return {r.id: r for t in registry().values() for r in t.recipes()}
-
-
-def get_recipe(recipe_id: str) -> Recipe:
-    """The recipe with this exact id, or a ConfigError listing the valid ids."""
-    recipes = all_recipes()
-    if recipe_id not in recipes:
-        close = difflib.get_close_matches(recipe_id, list(recipes), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise ConfigError(
-            f"unknown recipe '{recipe_id}'",
-            hint=f"{hint}valid recipes: {', '.join(sorted(recipes))}",
-        )
-    return recipes[recipe_id]
-
-
-def recipe_for_precision(target: Target, precision: str) -> Recipe:
-    """The target's recommended recipe for a precision (what `--quantize int8` means)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision '{precision}'", hint=f"choose from: {', '.join(PRECISIONS)}")
-    for recipe in target.recipes():
-        if precision in recipe.default_for:
-            return recipe
-    offered = sorted({r.precision for r in target.recipes()})
-    raise ConfigError(
-        f"target {target.name} has no {precision} recipe",
-        hint=f"{target.name} offers: {', '.join(offered)}",
-    )
+    def host_estimate(
+        self, model: PreparedModel, path: Path, manifest: Mapping[str, Any]
+    ) -> HostEstimate | None:
+        """No host estimate: a result whose runtime cannot run here says "not run"."""
+        return None

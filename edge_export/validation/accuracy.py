@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 
 from edge_export.devices.agent.lm import greedy_generate, perplexity, session_for, token_logits
-from edge_export.exporter.prepared import PreparedModel
+from edge_export.exporter.prepared import PreparedModel, Runnable
 from edge_export.exporter.textdata import TextData
-from edge_export.targets.base import Runnable
 from edge_export.validation import metrics as m
 from edge_export.validation.cases import Case, decoder_cases, encode, encoder_cases
 
@@ -77,7 +76,7 @@ class Validator:
         Stateful LM programs (a static KV cache inside, batch 1) run the batch-1 prefill case as
         one prefill and again as prefill + single-token decode steps; batch-2 cases do not apply.
         """
-        session = candidate.lm_session() if hasattr(candidate, "lm_session") else None
+        session = candidate.lm_session()
         if session is None:
             return [
                 (c, r, candidate.run(c.feeds)) for c, r in zip(self.cases, self.ref_outputs, strict=True)
@@ -100,7 +99,7 @@ class Validator:
             ]
             decode = Case("batch1-prefill-then-decode", part.feeds, part.valid)
             triples.append((decode, ref_part, {"logits": np.concatenate(steps, axis=1)}))
-            if hasattr(session, "prefill"):  # a separate prompt path (prefill signatures)
+            if session.prefill is not None:  # a separate prompt path (prefill signatures)
                 triples.append(self._prefill_path_case(session, part, ref_part, split))
         return triples, skipped
 
@@ -124,7 +123,7 @@ class Validator:
     def _fixed_shape_triples(self, candidate: Runnable) -> list[tuple[Case, dict, dict]]:
         """Programs with fixed-shape variants (sequence buckets): every case through every variant,
         cut to the variant's length, against a fresh reference on the same cut inputs."""
-        variants = candidate.fixed_shape_variants() if hasattr(candidate, "fixed_shape_variants") else {}
+        variants = candidate.fixed_shape_variants()
         if not variants:
             return []
         reference = self.model.reference()

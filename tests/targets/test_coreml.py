@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import gate, load_report, make_decoder, make_encoder, metric, result_for, run_cli
 
-from edge_export.exporter.bundle import verify_bundle
+from edge_export.run.bundle import verify_bundle
 
 # ---- real model: all-MiniLM-L6-v2 -------------------------------------------------------------
 

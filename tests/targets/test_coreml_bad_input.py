@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import load_report, result_for, run_cli
+from conftest import run_cli
 
 from edge_export.errors import ConfigError
-from edge_export.targets.base import get_recipe
 from edge_export.targets.coreml import CoremlTarget, deployment_target, resolve_options
+from edge_export.targets.registry import get_recipe
 
 
 @pytest.mark.parametrize(
@@ -100,34 +100,3 @@ def test_deployment_target_is_raised_only_with_a_reason() -> None:
     assert target == "iOS18" and "Core ML state" in reason
     explicit = get_recipe("coreml:fp16").with_options({"minimum_deployment_target": "iOS18"})
     assert deployment_target(resolve_options(explicit, encoder), encoder) == ("iOS18", None)
-
-
-def test_missing_extra_names_the_install(
-    tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(CoremlTarget, "missing_dependency", lambda self: "coremltools")
-    code, _, err = run_cli(["export", tiny_bert, "--out", tmp_path / "out", "--target", "coreml"], capsys)
-    assert code == 2 and "edge-export[coreml]" in err
-
-
-def test_conversion_failure_names_the_stage_and_op_and_other_targets_still_run(
-    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from edge_export.targets.base import get_target
-    from edge_export.targets.coreml import convert
-
-    def broken(*_args: object) -> None:
-        raise NotImplementedError("PyTorch convert function for op 'frobnicate' not implemented.")
-
-    monkeypatch.setattr(convert, "convert_encoder", broken)
-    # The process-wide target keeps base conversions by model hash: start from none.
-    monkeypatch.setattr(get_target("coreml"), "_base", {})
-    out = tmp_path / "out"
-    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--target", "onnx,coreml", "--no-latency"])
-    report = load_report(out)
-    assert code == 3
-    onnx, coreml = result_for(report, "onnx:fp32"), result_for(report, "coreml:fp32")
-    assert onnx["status"] == "passed"
-    assert coreml["status"] == "error" and coreml["error"]["stage"] == "convert"
-    assert "op 'frobnicate' not implemented" in coreml["error"]["message"]
-    assert not (out / "coreml-fp32").exists()

@@ -12,7 +12,7 @@ from conftest import FAST, gate, load_report, make_decoder, make_encoder, metric
 
 from edge_export.devices.agent.executorch_model import ExecutorchModel
 from edge_export.devices.agent.lm import greedy_generate, session_for
-from edge_export.exporter.bundle import verify_bundle
+from edge_export.run.bundle import verify_bundle
 
 # ---- real model: all-MiniLM-L6-v2 -------------------------------------------------------------
 
@@ -251,40 +251,9 @@ def test_quantizing_a_model_without_linear_layers_is_refused() -> None:
     from types import SimpleNamespace
 
     from edge_export.errors import ConfigError
-    from edge_export.targets.base import get_recipe
     from edge_export.targets.executorch import ExecutorchTarget
+    from edge_export.targets.registry import get_recipe
 
     model = SimpleNamespace(hf_model=torch.nn.Sequential(torch.nn.Embedding(10, 4)), max_positions=128)
     with pytest.raises(ConfigError, match="no linear layers"):
         ExecutorchTarget().check(model, get_recipe("executorch:xnnpack-int8"))
-
-
-def test_missing_extra_names_the_install(
-    tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from edge_export.targets.executorch import ExecutorchTarget
-
-    monkeypatch.setattr(ExecutorchTarget, "missing_dependency", lambda self: "executorch")
-    code, _, err = run_cli(["export", tiny_bert, "--out", tmp_path / "out", "--target", "executorch"], capsys)
-    assert code == 2 and "edge-export[executorch]" in err
-
-
-def test_lowering_failure_names_the_stage_and_other_targets_still_run(
-    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from edge_export.targets.executorch import lower
-
-    def broken(*_args: object) -> None:
-        raise RuntimeError("XNNPACK rejected node aten.foo")
-
-    monkeypatch.setattr(lower, "lower", broken)
-    out = tmp_path / "out"
-    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--target", "onnx,executorch", "--no-latency"])
-    report = load_report(out)
-    assert code == 3
-    onnx, et = result_for(report, "onnx:fp32"), result_for(report, "executorch:xnnpack-fp32")
-    assert onnx["status"] == "passed"
-    assert et["status"] == "error" and et["error"]["stage"] == "lower"
-    assert "XNNPACK rejected node aten.foo" in et["error"]["message"]
-    assert et["error"]["trace"][-1].endswith("in broken")  # where in the library it failed
-    assert not (out / "executorch-xnnpack-fp32").exists()

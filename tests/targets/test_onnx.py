@@ -12,7 +12,7 @@ from conftest import FAST, load_report, make_decoder, make_encoder, metric, resu
 
 from edge_export.devices.agent.lm import KVCacheSession, greedy_generate
 from edge_export.devices.agent.onnx_model import OnnxModel
-from edge_export.exporter.bundle import verify_bundle
+from edge_export.run.bundle import verify_bundle
 
 # ---- real model: all-MiniLM-L6-v2 -------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from conftest import FAST, gate, load_report, make_decoder, make_encoder, metric
 
 from edge_export.devices.agent.lm import greedy_generate, session_for
 from edge_export.devices.agent.tflite_model import TfliteModel, from_output, to_input
-from edge_export.exporter.bundle import verify_bundle
+from edge_export.run.bundle import verify_bundle
 
 BUCKETS = [16, 32, 64, 128, 256, 512]
 
@@ -103,7 +103,7 @@ def test_naive_full_static_quantization_is_caught_by_the_gates(tfl_minilm_run: t
     from edge_export.exporter.loading import prepare
     from edge_export.exporter.source import resolve
     from edge_export.exporter.textdata import builtin_text
-    from edge_export.targets.base import get_recipe
+    from edge_export.targets.registry import get_recipe
     from edge_export.targets.tflite import calibration_feeds
     from edge_export.validation.accuracy import Validator
     from edge_export.validation.cases import calibration_set
@@ -298,7 +298,7 @@ def test_decoder_family_outside_litert_export_is_refused() -> None:
     from types import SimpleNamespace
 
     from edge_export.errors import ConfigError
-    from edge_export.targets.base import get_recipe
+    from edge_export.targets.registry import get_recipe
     from edge_export.targets.tflite import TfliteTarget
 
     config = SimpleNamespace(model_type="olmo")
@@ -312,7 +312,7 @@ def test_quantizing_a_model_without_linear_layers_is_refused() -> None:
     from types import SimpleNamespace
 
     from edge_export.errors import ConfigError
-    from edge_export.targets.base import get_recipe
+    from edge_export.targets.registry import get_recipe
     from edge_export.targets.tflite import TfliteTarget
 
     model = SimpleNamespace(
@@ -322,40 +322,6 @@ def test_quantizing_a_model_without_linear_layers_is_refused() -> None:
     )
     with pytest.raises(ConfigError, match="no linear layers"):
         TfliteTarget().check(model, get_recipe("tflite:int8-dynamic"))
-
-
-def test_missing_extra_names_the_install(
-    tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from edge_export.targets.tflite import TfliteTarget
-
-    monkeypatch.setattr(TfliteTarget, "missing_dependency", lambda self: "litert_torch")
-    code, _, err = run_cli(["export", tiny_bert, "--out", tmp_path / "out", "--target", "tflite"], capsys)
-    assert code == 2 and "edge-export[tflite]" in err
-
-
-def test_conversion_failure_names_the_stage_and_other_targets_still_run(
-    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from edge_export.targets.base import get_target
-    from edge_export.targets.tflite import convert
-
-    def broken(*_args: object) -> None:
-        raise RuntimeError("failed to legalize operation 'aten.foo'")
-
-    monkeypatch.setattr(convert, "encoder", broken)
-    # The process-wide target keeps fp32 conversions by model hash; an earlier test in the session
-    # may already have converted tiny_bert, which would skip the broken converter.
-    monkeypatch.setattr(get_target("tflite"), "_base", {})
-    out = tmp_path / "out"
-    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--target", "onnx,tflite", "--no-latency"])
-    report = load_report(out)
-    assert code == 3
-    onnx, tfl = result_for(report, "onnx:fp32"), result_for(report, "tflite:fp32")
-    assert onnx["status"] == "passed"
-    assert tfl["status"] == "error" and tfl["error"]["stage"] == "convert"
-    assert "failed to legalize operation 'aten.foo'" in tfl["error"]["message"]
-    assert not (out / "tflite-fp32").exists()
 
 
 _IMPORT_THEN_LOAD = """

@@ -150,12 +150,17 @@ class CoremlModel:  # pragma: no cover - predictions need macOS; the feed helper
         except Exception as exc:  # older macOS: the plan API is missing; say so instead of guessing
             return {"unavailable": f"{type(exc).__name__}: {exc}"[:300]}
 
+    def fixed_shape_variants(self) -> dict[str, Any]:
+        """One program for every allowed sequence length (range or enumerated shapes)."""
+        return {}
+
     def lm_session(self) -> CoremlStateSession | None:
         """A KV-cache session for stateful LM packages, None for encoders."""
         return CoremlStateSession(self.model, int(self.capacity)) if self.kind == "decoder" else None
 
 
 class CoremlStateSession:  # pragma: no cover - needs macOS
+    prefill = None  # no separate prompt path: `step` takes the whole prompt
     """Prefill and decode through one stateful `predict`, the cache living in Core ML state."""
 
     def __init__(self, model: Any, capacity: int) -> None:

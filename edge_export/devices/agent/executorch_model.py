@@ -68,6 +68,10 @@ class ExecutorchModel:
             for name, out in zip(self.output_names, outputs, strict=True)
         }
 
+    def fixed_shape_variants(self) -> dict[str, Any]:
+        """One program for every sequence length (bounded by the export's dynamic shapes)."""
+        return {}
+
     def lm_session(self) -> StaticCacheSession | None:
         """A decoding session for static-cache LM programs (None for encoders)."""
         if "cache_position" not in self.input_names:

@@ -17,6 +17,8 @@ RunFn = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 class KVCacheSession:
     """Batch-1 decoding state: past tensors, their length, and one `step` per chunk of tokens."""
 
+    prefill = None  # no separate prompt path: `step` takes the whole prompt
+
     def __init__(self, run: RunFn, io: Mapping[str, Any]) -> None:
         self._run = run
         names = [t["name"] for t in io["inputs"]]
@@ -59,6 +61,8 @@ class StaticCacheSession:
     position because every call overwrites the cache from its start position on.
     """
 
+    prefill = None  # no separate prompt path: `step` takes the whole prompt
+
     def __init__(self, run: Callable[[np.ndarray, np.ndarray], np.ndarray], capacity: int | None) -> None:
         self._run = run
         self.capacity = capacity
@@ -85,6 +89,9 @@ class Session(Protocol):
 
     capacity: int | None
     length: int
+    # The fast prompt path (ids [n] -> logits [1, 1, vocab]) where the program has one (TFLite
+    # prefill signatures), else None.
+    prefill: Callable[[np.ndarray], np.ndarray] | None
 
     def reset(self) -> None:
         """Forget the cache; the next step starts at position 0."""
@@ -96,14 +103,14 @@ class Session(Protocol):
 
 def session_for(model: Any, io: Mapping[str, Any]) -> Session:
     """The model's own session when it keeps state inside, else one over explicit past/present."""
-    own = model.lm_session() if hasattr(model, "lm_session") else None
+    own = model.lm_session()
     return own if own is not None else KVCacheSession(model.run, io)
 
 
 def prompt_logits(session: Session, prompt: list[int]) -> np.ndarray:
     """Logits [1, 1, vocab] after the whole prompt, through the session's fast prompt path when it
     has one (prefill signatures), else the last position of `step`."""
-    fast = getattr(session, "prefill", None)
+    fast = session.prefill
     if fast is not None:
         session.reset()
         return np.asarray(fast(np.array(prompt)))

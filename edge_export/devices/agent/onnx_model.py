@@ -37,6 +37,14 @@ class OnnxModel:
         self.input_types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def lm_session(self) -> None:
+        """The KV cache is explicit past/present inputs and outputs: no session of its own."""
+        return None
+
+    def fixed_shape_variants(self) -> dict[str, Any]:
+        """One graph for every sequence length."""
+        return {}
+
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run the graph; extra feeds are ignored, missing ones are an error from ORT."""
         cast = {

@@ -20,7 +20,7 @@ from typing import Any
 from edge_export.errors import ConfigError, NotRunnableHere
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.quiet import native_stderr_captured, quiet
-from edge_export.targets.base import Artifact, Recipe, Runnable
+from edge_export.targets.base import Artifact, Recipe, Runnable, TargetBase
 from edge_export.targets.coreml.recipes import (
     BLOCK_SIZES,
     COMPUTE_UNITS,
@@ -36,7 +36,7 @@ _AUTO_BUCKETS = (16, 32, 64, 128, 256, 512)
 DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
 
 
-class CoremlTarget:
+class CoremlTarget(TargetBase):
     """.mlpackage ML Programs for Core ML; validated on Linux as host estimates."""
 
     name = "coreml"

@@ -14,7 +14,7 @@ from typing import Any
 from edge_export.errors import ConfigError, NotRunnableHere
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.quiet import native_stderr_captured
-from edge_export.targets.base import Artifact, Recipe, Runnable
+from edge_export.targets.base import Artifact, Recipe, Runnable, TargetBase
 from edge_export.targets.executorch.recipes import RECIPES
 from edge_export.targets.stages import linear_shapes, run_stage
 
@@ -23,7 +23,7 @@ _EMBEDDING_BITS = (4, 8, 32)
 _DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
 
 
-class ExecutorchTarget:
+class ExecutorchTarget(TargetBase):
     """.pte files for the ExecuTorch runtime (Android/iOS apps, its LLM runner)."""
 
     name = "executorch"

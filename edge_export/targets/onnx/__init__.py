@@ -10,7 +10,7 @@ from typing import Any
 
 from edge_export.errors import ConfigError, ExportError
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
-from edge_export.targets.base import Artifact, Recipe, Runnable
+from edge_export.targets.base import Artifact, Recipe, Runnable, TargetBase
 from edge_export.targets.onnx.recipes import RECIPES
 from edge_export.targets.stages import Scratch
 
@@ -18,7 +18,7 @@ _BLOCK_SIZES = (16, 32, 64, 128, 256)
 _CALIBRATION = ("minmax", "percentile", "entropy")
 
 
-class OnnxTarget:
+class OnnxTarget(TargetBase):
     """ONNX files for onnxruntime (CPU) and ONNX-consuming NPU stacks (QDQ)."""
 
     name = "onnx"

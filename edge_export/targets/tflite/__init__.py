@@ -18,7 +18,7 @@ import numpy as np
 from edge_export.errors import ConfigError
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.quiet import native_stderr_captured
-from edge_export.targets.base import Artifact, Recipe, Runnable
+from edge_export.targets.base import Artifact, Recipe, Runnable, TargetBase
 from edge_export.targets.stages import Scratch, linear_shapes, run_stage
 from edge_export.targets.tflite.recipes import BLOCK_SIZES, RECIPES
 
@@ -28,7 +28,7 @@ _AUTO_PREFILL = (8, 64)
 DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3")
 
 
-class TfliteTarget:
+class TfliteTarget(TargetBase):
     """.tflite flatbuffers for LiteRT (Android, Linux boards) with the XNNPACK CPU delegate."""
 
     name = "tflite"
