@@ -70,12 +70,6 @@ class ExportError(EdgeExportError):
         return [f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in summary]
 
 
-class AccuracyError(EdgeExportError):
-    """One or more accuracy gates failed; lists every failing metric."""
-
-    exit_code = 1
-
-
 class DeviceError(EdgeExportError):
     """A device could not be reached or a command on it failed."""
 

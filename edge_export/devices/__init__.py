@@ -24,23 +24,42 @@ def _plugins() -> dict[str, Callable[[], Device]]:
     return factories
 
 
-def from_spec(name: str, spec: DeviceSpec) -> Device:
-    """Build the runner an inventory entry asks for."""
-    if spec.type == "local":
-        from edge_export.devices.local import LocalDevice
+def _local(name: str, spec: DeviceSpec) -> Device:
+    from edge_export.devices.local import LocalDevice
 
-        return LocalDevice(timeout_s=spec.command_timeout_s, threads=spec.threads, name=name)
-    if spec.type == "ssh":
-        from edge_export.devices.ssh import SshDevice
+    return LocalDevice(timeout_s=spec.command_timeout_s, threads=spec.threads, name=name)
 
-        return SshDevice(name, spec)
-    if spec.type == "apple":
-        from edge_export.devices.apple import AppleDevice
 
-        return AppleDevice(name, spec)
+def _ssh(name: str, spec: DeviceSpec) -> Device:
+    from edge_export.devices.ssh import SshDevice
+
+    return SshDevice(name, spec)
+
+
+def _apple(name: str, spec: DeviceSpec) -> Device:
+    from edge_export.devices.apple import AppleDevice
+
+    return AppleDevice(name, spec)
+
+
+def _adb(name: str, spec: DeviceSpec) -> Device:
     from edge_export.devices.adb import AdbDevice
 
     return AdbDevice(name, spec)
+
+
+# The runner each inventory `type` gets (the entry models are in inventory.SPEC_TYPES).
+RUNNERS: dict[str, Callable[[str, DeviceSpec], Device]] = {
+    "local": _local,
+    "ssh": _ssh,
+    "apple": _apple,
+    "adb": _adb,
+}
+
+
+def from_spec(name: str, spec: DeviceSpec) -> Device:
+    """Build the runner an inventory entry asks for."""
+    return RUNNERS[spec.type](name, spec)
 
 
 def known_devices(inventory: Mapping[str, DeviceSpec] | None = None) -> list[str]:

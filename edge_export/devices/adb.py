@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_export.devices.inventory import DeviceSpec
+from edge_export.devices.inventory import AdbSpec
 from edge_export.devices.remote import RemoteAgentDevice
 from edge_export.errors import DeviceError
 
@@ -53,7 +53,7 @@ class AdbDevice(RemoteAgentDevice):
     kind = "adb"
     default_work_dir = "/data/local/tmp/edge-export"
 
-    def __init__(self, name: str, spec: DeviceSpec) -> None:
+    def __init__(self, name: str, spec: AdbSpec) -> None:
         super().__init__(name, spec)
         self.serial = str(spec.serial)
         self._connected = False

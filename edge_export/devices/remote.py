@@ -24,7 +24,7 @@ import numpy as np
 from edge_export.devices import agent as agent_package
 from edge_export.devices import native
 from edge_export.devices.base import Mode, RunResult, agent_run_args, read_agent_result
-from edge_export.devices.inventory import DeviceSpec
+from edge_export.devices.inventory import AdbSpec, SshSpec
 from edge_export.errors import DeviceError
 
 AGENT_PACKAGE = "edge_export_agent"
@@ -66,7 +66,7 @@ class RemoteAgentDevice:
     kind = "remote"
     default_work_dir = "/tmp/edge-export"
 
-    def __init__(self, name: str, spec: DeviceSpec) -> None:
+    def __init__(self, name: str, spec: SshSpec | AdbSpec) -> None:
         self.name = name
         self.spec = spec
         self.work_dir = spec.work_dir or self.default_work_dir

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_export.devices.inventory import DeviceSpec
+from edge_export.devices.inventory import SshSpec
 from edge_export.devices.ssh_diagnosis import describe, reason, still_connected
 from edge_export.devices.ssh_login import connect_error, host_key_policy, load_key
 from edge_export.devices.ssh_sftp import SftpAccess
@@ -40,7 +40,7 @@ class SshDevice(SftpAccess):
 
     kind = "ssh"
 
-    def __init__(self, name: str, spec: DeviceSpec) -> None:
+    def __init__(self, name: str, spec: SshSpec) -> None:
         super().__init__(name, spec)
         self.work_dir = spec.work_dir or f"/tmp/edge-export-{spec.user or 'device'}"
         self._client: Any = None

@@ -18,7 +18,7 @@ from native_standins import BENCHMARK_MODEL, EXECUTOR_RUNNER, PERF_TEST, install
 from sshd import free_port
 
 from edge_export.devices.adb import AdbDevice
-from edge_export.devices.inventory import DeviceSpec
+from edge_export.devices.inventory import parse_device_spec
 from edge_export.devices.local import LocalDevice
 from edge_export.errors import DeviceError
 
@@ -70,7 +70,7 @@ def _entry(phone: AdbStandin, adb_port: int, **overrides: object) -> dict[str, o
 
 
 def _device(phone: AdbStandin, adb_port: int, **overrides: object) -> AdbDevice:
-    return AdbDevice("phone", DeviceSpec.model_validate(_entry(phone, adb_port, **overrides)))
+    return AdbDevice("phone", parse_device_spec(_entry(phone, adb_port, **overrides)))
 
 
 def _feeds() -> dict[str, np.ndarray]:
@@ -151,10 +151,10 @@ def test_refused_serial_and_missing_client(adb_port: int, tmp_path: Path) -> Non
     with pytest.raises(
         DeviceError, match=r"cannot connect to 127\.0\.0\.1:\d+ .*fix: check the device's address"
     ):
-        AdbDevice("phone", DeviceSpec.model_validate(spec)).info()
+        AdbDevice("phone", parse_device_spec(spec)).info()
     spec |= {"adb": str(tmp_path / "no-adb")}
     with pytest.raises(DeviceError, match=r"the adb client '.*no-adb' is not installed"):
-        AdbDevice("phone", DeviceSpec.model_validate(spec)).info()
+        AdbDevice("phone", parse_device_spec(spec)).info()
 
 
 def test_phone_without_python_runs_its_native_benchmark_tools(

@@ -19,7 +19,7 @@ from conftest import run_cli
 from sshd import LocalSshd, free_port, keygen
 
 from edge_export.devices import get_device
-from edge_export.devices.inventory import DeviceSpec
+from edge_export.devices.inventory import parse_device_spec
 from edge_export.devices.local import LocalDevice
 from edge_export.devices.ssh import SshDevice
 from edge_export.errors import DeviceError
@@ -50,7 +50,7 @@ def _feeds() -> dict[str, np.ndarray]:
 
 def _device(sshd: LocalSshd, tmp_path: Path, **overrides: object) -> SshDevice:
     entry = sshd.spec(work_dir=str(tmp_path / NASTY / "work"), python=sys.executable) | overrides
-    return SshDevice("pi", DeviceSpec.model_validate(entry))
+    return SshDevice("pi", parse_device_spec(entry))
 
 
 def test_run_over_ssh_matches_local_and_cleans_up(sshd: LocalSshd, bert_bundle: Path, tmp_path: Path) -> None:
@@ -246,7 +246,7 @@ def test_inventory_entries_are_checked(tmp_path: Path, capsys: pytest.CaptureFix
     bad = tmp_path / "devices.yaml"
     bad.write_text(yaml.safe_dump({"pi": {"type": "ssh", "port": 22}}))
     code, _, err = run_cli(["devices", "--inventory", bad], capsys)
-    assert code == 2 and "device 'pi': entry: Value error, a 'ssh' device needs 'host'" in err
+    assert code == 2 and "device 'pi': a 'ssh' device needs 'host'" in err
     bad.write_text(yaml.safe_dump({"pi": {"type": "ssh", "host": "h", "hostname": "x"}}))
     code, _, err = run_cli(["devices", "--inventory", bad], capsys)
     assert code == 2 and "device 'pi': hostname: Extra inputs are not permitted" in err
