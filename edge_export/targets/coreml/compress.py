@@ -84,27 +84,59 @@ def compress(
     import coremltools as ct
     import coremltools.optimize as cto
 
-    from edge_export.targets.coreml.package import load_program
-
     mlmodel = ct.models.MLModel(str(base), skip_model_load=True)
     spec = mlmodel.get_spec()
     consts = float_consts(spec)  # names and shapes from the proto: the weights are read once, below
     config = _weight_config(recipe)
-    overrides: dict[str, Any] = {}
     info: dict[str, Any] = {"weight_threshold": _THRESHOLD}
     if recipe.needs_calibration:
-        from edge_export.targets.coreml.activations import quantize_activations
-
-        if calibration is None or not calibration.feeds:
-            raise ValueError("int8 activations need calibration data")
-        count = int(recipe.options["calibration_samples"])
-        feeds = CalibrationSet(calibration.feeds[:count], calibration.description)
-        mlmodel, info["activation_quantization"] = quantize_activations(
-            mlmodel, load_program(base), model, feeds, float(recipe.options["outlier_ratio"])
+        mlmodel, info["activation_quantization"] = _quantize_activations(
+            mlmodel, base, recipe, model, calibration
         )
-    head = None
-    if model.io.kind == "decoder" and "head_bits" in recipe.options:  # int4-block; palettes: no
-        head = head_weight(spec, consts, int(model.hf_model.config.vocab_size))
+    head = _head(spec, consts, recipe, model)
+    overrides = _overrides(recipe, consts, head, info)
+    optimization = cto.coreml.OptimizationConfig(global_config=config, op_name_configs=overrides or None)
+    compressed = _compress_weights(mlmodel, recipe, optimization, head, overrides, info)
+    compressed.save(str(out))
+    info["config"] = _describe(config)
+    return info
+
+
+def _quantize_activations(
+    mlmodel: Any, base: Path, recipe: Recipe, model: PreparedModel, calibration: CalibrationSet | None
+) -> tuple[Any, dict[str, Any]]:
+    """int8-w8a8's activation step on the recipe's first calibration samples: the package with
+    quantize/dequantize pairs on linear inputs, and what was done (activations.py)."""
+    from edge_export.targets.coreml.activations import quantize_activations
+    from edge_export.targets.coreml.package import load_program
+
+    if calibration is None or not calibration.feeds:
+        raise ValueError("int8 activations need calibration data")
+    count = int(recipe.options["calibration_samples"])
+    feeds = CalibrationSet(calibration.feeds[:count], calibration.description)
+    return quantize_activations(
+        mlmodel, load_program(base), model, feeds, float(recipe.options["outlier_ratio"])
+    )
+
+
+def _head(
+    spec: Any, consts: Mapping[str, tuple[int, ...]], recipe: Recipe, model: PreparedModel
+) -> str | None:
+    """The LM head's weight when the recipe treats it apart (head_bits: int4-block; palettes: no)."""
+    if model.io.kind == "decoder" and "head_bits" in recipe.options:
+        return head_weight(spec, consts, int(model.hf_model.config.vocab_size))
+    return None
+
+
+def _overrides(
+    recipe: Recipe, consts: Mapping[str, tuple[int, ...]], head: str | None, info: dict[str, Any]
+) -> dict[str, Any]:
+    """Const name -> the config that replaces the recipe's global one for it (None: stays fp16):
+    the head and int8_layers at int8, the rotary tables exact, ungroupable tensors on one palette.
+    What it chose is noted in `info`."""
+    import coremltools.optimize as cto
+
+    overrides: dict[str, Any] = {}
     if head:
         info["head"] = {"weight": head, "bits": int(recipe.options["head_bits"])}
         if info["head"]["bits"] == 8:
@@ -125,22 +157,33 @@ def compress(
                 mode="kmeans", nbits=8, weight_threshold=_THRESHOLD
             )
             info.setdefault("per_tensor_palettes", []).append(name)
-    optimization = cto.coreml.OptimizationConfig(global_config=config, op_name_configs=overrides or None)
-    if recipe.name.startswith("palettize"):
-        compressed = cto.coreml.palettize_weights(mlmodel, optimization)
-    elif recipe.options.get("zero_point", "int4") != "int4":
-        from edge_export.targets.coreml.zero_point import linear_quantize_weights
+    return overrides
 
-        choice = str(recipe.options["zero_point"])
-        # an int4 LM head's zero point costs the most perplexity (SmolLM2: +8.7% int4, +4.4% fp16)
-        fp16_head = [head] if head and head not in overrides else []
-        compressed, counts = linear_quantize_weights(mlmodel, optimization, choice, fp16_head)
-        info["zero_point"] = {"mode": choice, "tensors_by_zero_point": counts}
-    else:
-        compressed = cto.coreml.linear_quantize_weights(mlmodel, optimization)
-    compressed.save(str(out))
-    info["config"] = _describe(config)
-    return info
+
+def _compress_weights(
+    mlmodel: Any,
+    recipe: Recipe,
+    optimization: Any,
+    head: str | None,
+    overrides: Mapping[str, Any],
+    info: dict[str, Any],
+) -> Any:
+    """Palettize or linearly quantize the weights (the compressed, unsaved model); a zero point
+    other than coremltools' int4 one goes through zero_point.py and is noted in `info`."""
+    import coremltools.optimize as cto
+
+    if recipe.name.startswith("palettize"):
+        return cto.coreml.palettize_weights(mlmodel, optimization)
+    if recipe.options.get("zero_point", "int4") == "int4":
+        return cto.coreml.linear_quantize_weights(mlmodel, optimization)
+    from edge_export.targets.coreml.zero_point import linear_quantize_weights
+
+    choice = str(recipe.options["zero_point"])
+    # an int4 LM head's zero point costs the most perplexity (SmolLM2: +8.7% int4, +4.4% fp16)
+    fp16_head = [head] if head and head not in overrides else []
+    compressed, counts = linear_quantize_weights(mlmodel, optimization, choice, fp16_head)
+    info["zero_point"] = {"mode": choice, "tensors_by_zero_point": counts}
+    return compressed
 
 
 def _describe(config: Any) -> Mapping[str, Any]:
