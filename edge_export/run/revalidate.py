@@ -16,6 +16,7 @@ from edge_export.run.bundle import read_bundle
 from edge_export.run.plan import PlannedRun
 from edge_export.run.session import ExportRun
 from edge_export.targets.registry import create, factories, get_recipe
+from edge_export.validation.drift import compare
 
 
 def validate_bundle(
@@ -54,12 +55,21 @@ def revalidate(
         result = Result(planned.target.name, recipe.id, recipe.precision, bundle=str(bundle),
                         artifact=manifest["artifact"], size_bytes=_size(artifact), produced=True)  # fmt: skip
         if run.validator is not None:
-            result.accuracy = run.validate_artifact(planned, artifact, manifest)
+            result.accuracy = with_drift(run.validate_artifact(planned, artifact, manifest), manifest)
         if cfg.latency.enabled:
             result.latency_by_device = [run.measure_latency(d, bundle, planned) for d in run.devices]
     finally:
         run.close()
     return single_result_report(manifest, result)
+
+
+def with_drift(accuracy: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """The accuracy with its drift from the manifest's recorded metrics; drift fails it."""
+    drift = compare(manifest.get("validation"), accuracy)
+    accuracy["drift"] = drift
+    if drift["failure"]:
+        accuracy["failure"] = "; ".join(f for f in (accuracy.get("failure"), drift["failure"]) if f)
+    return accuracy
 
 
 def _size(path: Path) -> int:

@@ -24,7 +24,9 @@ from edge_export.run.plan import PlannedRun, plan_runs
 from edge_export.targets.base import Target
 from edge_export.validation.accuracy import Validator
 from edge_export.validation.cases import calibration_set, latency_inputs
+from edge_export.validation.drift import host_fingerprint
 from edge_export.validation.gates import evaluate, failure_message, resolve_thresholds
+from edge_export.validation.tokenizer_check import check_bundle_tokenizer
 
 
 @contextlib.contextmanager
@@ -93,6 +95,20 @@ class ExportRun:
         return model
 
     def validate_artifact(self, run: PlannedRun, path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Gated accuracy of an artifact (see `artifact_accuracy`), and the bundle's own tokenizer
+        checked against the source's on the same text: a different one fails the result too."""
+        accuracy = self.artifact_accuracy(run, path, manifest)
+        if accuracy.get("measured_on"):  # what a later `validate` must reproduce to the last digit
+            accuracy["fingerprint"] = host_fingerprint()
+        texts = [*self.text.samples, self.text.passage]
+        check = check_bundle_tokenizer(self.model.tokenizer, path.parent, texts)
+        accuracy["tokenizer"] = check
+        if check["failure"]:
+            failures = [accuracy.get("failure"), f"{run.recipe.id}: {check['failure']}"]
+            accuracy["failure"] = "; ".join(f for f in failures if f)
+        return accuracy
+
+    def artifact_accuracy(self, run: PlannedRun, path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         """Accuracy of an artifact in its host runtime. Where that runtime cannot exist here (Core ML
         off macOS) a target's `host_estimate` (if it has one) is measured instead, labelled so;
         without one the result says it was not run."""
