@@ -145,7 +145,9 @@ def _inventory(args: argparse.Namespace) -> dict[str, Any]:
 
     specs: dict[str, Any] = {}
     if getattr(args, "config", None):
-        specs.update(parse_inventory(read_config_file(args.config).get("inventory", {}), str(args.config)))
+        specs.update(
+            parse_inventory(read_config_file(args.config).get("inventory", {}), f"--config {args.config}")
+        )
     if getattr(args, "inventory", None):
         specs.update(read_inventory(args.inventory))
     return specs

@@ -145,4 +145,4 @@ def read_inventory(path: Path) -> dict[str, LocalSpec | SshSpec | AdbSpec]:
     data = read_mapping_file(path, "--inventory")
     if set(data) == {"inventory"}:
         data = data["inventory"]
-    return parse_inventory(data, str(path))
+    return parse_inventory(data, f"--inventory {path}")

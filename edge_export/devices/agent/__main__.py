@@ -86,10 +86,11 @@ def run(args: argparse.Namespace) -> int:
             report.update(_generate_mode(model, manifest, feeds, args))
         else:
             report.update(_graph_mode(model, feeds, args))
-        if hasattr(model, "providers"):
-            report["providers"] = model.providers()
-        if hasattr(model, "compute_plan"):
-            report["compute"] = model.compute_plan()
+        providers, plan = model.providers(), model.compute_plan()  # every runtime's model answers both
+        if providers is not None:
+            report["providers"] = providers
+        if plan is not None:
+            report["compute"] = plan
     except MissingRuntime as exc:
         report["error"] = {"type": type(exc).__name__, "message": str(exc)}
         code = 3

@@ -137,6 +137,10 @@ class CoremlModel:  # pragma: no cover - predictions need macOS; the feed helper
                 outs[name].append(value[:, :length] if value.ndim >= 3 else value)
         return {name: np.concatenate(parts, axis=0) for name, parts in outs.items()}
 
+    def providers(self) -> None:
+        """Core ML reports where work ran through the compute plan, not as providers."""
+        return None
+
     def compute_plan(self) -> dict[str, Any]:
         """The per-operation compute-device plan of the loaded package (ANE residency)."""
         import coremltools as ct

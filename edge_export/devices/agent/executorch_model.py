@@ -91,6 +91,10 @@ class ExecutorchModel:
         value = method.execute([])
         return [v.tolist() if hasattr(v, "tolist") else v for v in value]
 
+    def compute_plan(self) -> None:
+        """A per-operation compute plan exists only for Core ML on a Mac."""
+        return None
+
     def providers(self) -> list[str]:
         """Backends the program delegates to (what ran where is in the bundle's residency)."""
         return ["executorch"]

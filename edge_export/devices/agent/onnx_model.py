@@ -57,6 +57,10 @@ class OnnxModel:
             name: np.asarray(v, dtype=np.float32) for name, v in zip(self.output_names, values, strict=True)
         }
 
+    def compute_plan(self) -> None:
+        """A per-operation compute plan exists only for Core ML on a Mac."""
+        return None
+
     def providers(self) -> list[str]:
         """Execution providers actually in use (what ran where)."""
         return list(self.session.get_providers())

@@ -136,6 +136,10 @@ class TfliteModel:
             self._session = ExplicitCacheSession(self.path, prefill, int(self.capacity), self.threads)
         return self._session
 
+    def compute_plan(self) -> None:
+        """A per-operation compute plan exists only for Core ML on a Mac."""
+        return None
+
     def providers(self) -> list[str]:
         """The interpreter applies the XNNPACK delegate by default (residency is in the bundle)."""
         return ["litert-xnnpack"]
