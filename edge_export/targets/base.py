@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, get_args, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from edge_export.errors import ConfigError
 from edge_export.exporter.prepared import Runnable
@@ -21,7 +23,19 @@ from edge_export.exporter.prepared import Runnable
 if TYPE_CHECKING:
     from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 
-__all__ = ["PRECISIONS", "Artifact", "HostEstimate", "Recipe", "Runnable", "Target", "TargetBase"]
+__all__ = [
+    "PRECISIONS",
+    "Artifact",
+    "HostEstimate",
+    "LayerPattern",
+    "Length",
+    "Recipe",
+    "RecipeOptions",
+    "Runnable",
+    "Target",
+    "TargetBase",
+    "WeightBits",
+]
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
@@ -30,12 +44,28 @@ def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
 
+class RecipeOptions(BaseModel):
+    """Base of every recipe family's options model: the option names, their types, allowed values
+    and defaults as data. Unknown names are refused; `strict` keeps a bool from passing for a number
+    and a string from being coerced, while an int is still taken where a float is expected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+
+
+WeightBits = Literal[4, 8]  # int4 or int8 weights (a body, an LM head)
+LayerPattern = Annotated[str, Field(min_length=1)]  # a substring of layer names
+Length = Annotated[int, Field(ge=1)]  # a sequence length in tokens
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One way to produce an artifact: precision, options with defaults, and default gates.
 
     `gates` maps a metric name (see validation.gates.METRICS) to its default threshold; metrics a
-    task does not compute are ignored. `options` holds defaults; `with_options` validates overrides.
+    task does not compute are ignored. `options_model` (a RecipeOptions) types the options and holds
+    their defaults; `options` overrides those defaults for this recipe. Without a model, one is derived
+    from the types of the `options` given (for recipes of third-party targets). Every construction,
+    `with_options` included, validates the options through the model.
     """
 
     id: str
@@ -45,9 +75,12 @@ class Recipe:
     needs_calibration: bool = False
     gates: Mapping[str, float] = field(default_factory=dict)
     default_for: tuple[str, ...] = ()
+    options_model: type[BaseModel] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "options", _frozen(self.options))
+        model = self.options_model or _derived_model(self.options)
+        object.__setattr__(self, "options_model", model)
+        object.__setattr__(self, "options", _frozen(validated_options(self.id, model, self.options)))
         object.__setattr__(self, "gates", _frozen(self.gates))
 
     @property
@@ -61,21 +94,8 @@ class Recipe:
         return self.id.split(":", 1)[1]
 
     def with_options(self, overrides: Mapping[str, Any]) -> Recipe:
-        """A copy with options overridden; unknown option names or wrong types are errors."""
-        merged = dict(self.options)
-        unknown = [str(key) for key in overrides if key not in self.options]
-        if unknown:  # every bad name at once, each with its closest valid one
-            valid = ", ".join(sorted(self.options)) or "none"
-            guesses = [(k, difflib.get_close_matches(k, list(self.options), n=1)) for k in unknown]
-            hints = [f"did you mean '{close[0]}' for '{key}'?" for key, close in guesses if close]
-            names = ", ".join(f"'{k}'" for k in unknown)
-            raise ConfigError(
-                f"recipe {self.id} has no option {names}"[:300],
-                hint=" ".join([*hints, f"valid options: {valid}"])[:400],
-            )
-        for key, value in overrides.items():
-            merged[key] = _option_value(self.id, key, self.options[key], value)
-        return replace(self, options=merged)
+        """A copy with options overridden; every unknown name and bad value is one ConfigError."""
+        return replace(self, options={**self.options, **{str(k): v for k, v in overrides.items()}})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (for `targets --json` and manifests)."""
@@ -89,19 +109,71 @@ class Recipe:
         }
 
 
-def _option_value(recipe_id: str, key: str, default: Any, value: Any) -> Any:
-    """`value` checked against the type of the option's default: an int is accepted (as a float)
-    where a float is expected; a bool is never taken for a number."""
-    if default is None:
-        return value
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    wrong_bool = isinstance(value, bool) and not isinstance(default, bool)
-    if wrong_bool or not isinstance(value, type(default)):
-        raise ConfigError(
-            f"recipe {recipe_id} option '{key}' must be {type(default).__name__}, got {value!r}"[:300]
-        )
-    return value
+def validated_options(recipe_id: str, model: type[BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` over the model's defaults, validated, in the model's field order (the order manifests
+    and `targets --json` show). Every problem is reported at once, in one line: the user fixes a
+    config in one round instead of one error per run."""
+    try:
+        return model.model_validate(dict(values)).model_dump()
+    except ValidationError as exc:
+        raise _options_error(recipe_id, model, exc.errors()) from None
+
+
+def _options_error(recipe_id: str, model: type[BaseModel], errors: list[Any]) -> ConfigError:
+    """One ConfigError for every unknown name (each with its closest valid one) and bad value."""
+    unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden"]
+    problems = [_problem(model, e) for e in errors if e["type"] != "extra_forbidden"]
+    if not unknown:
+        return ConfigError(f"recipe {recipe_id}: " + "; ".join(problems))
+    valid = list(model.model_fields)
+    guesses = [(k, difflib.get_close_matches(k, valid, n=1)) for k in unknown]
+    hints = [f"did you mean '{close[0]}' for '{key}'?" for key, close in guesses if close]
+    names = ", ".join(f"'{k}'" for k in unknown)
+    return ConfigError(
+        "; ".join([f"recipe {recipe_id} has no option {names}", *problems]),
+        hint=" ".join([*hints, f"valid options: {', '.join(sorted(valid)) or 'none'}"]),
+    )
+
+
+_TYPE_NAMES = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str",
+               "list_type": "list", "dict_type": "dict"}  # fmt: skip
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
+def _problem(model: type[BaseModel], error: Any) -> str:
+    """'<key> must be <what is allowed>, got <value>' for one pydantic error."""
+    loc = error["loc"]
+    key = str(loc[0]) + "".join(f"[{part}]" for part in loc[1:])
+    got = repr(error["input"])
+    got = got if len(got) <= 80 else got[:77] + "..."
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind in _TYPE_NAMES:
+        allowed = _TYPE_NAMES[kind]
+    elif kind in _BOUNDS:
+        allowed = f"{_BOUNDS[kind]} {next(iter(ctx.values())):g}"  # 0, not 0.0, for a float bound
+    elif kind == "string_too_short":
+        allowed = "a non-empty str"
+    elif kind == "literal_error":
+        allowed = _literal_allowed(model, loc, error["input"], ctx["expected"])
+    else:
+        return f"{key}: {error['msg']}, got {got}"
+    return f"{key} must be {allowed}, got {got}"
+
+
+def _literal_allowed(model: type[BaseModel], loc: tuple[Any, ...], value: Any, expected: str) -> str:
+    """The allowed values; with their type first when `value` is not even of that type (True or
+    "big" for a block size), so the message says both what kind of value and which ones."""
+    info = model.model_fields.get(str(loc[0])) if len(loc) == 1 else None
+    kinds = {type(v).__name__ for v in get_args(info.annotation)} if info else set()
+    if kinds and type(value).__name__ not in kinds:
+        return f"{'/'.join(sorted(kinds))} ({expected})"
+    return expected
+
+
+def _derived_model(defaults: Mapping[str, Any]) -> type[BaseModel]:
+    """An options model typed by the defaults (a None default takes anything)."""
+    fields: dict[str, Any] = {str(k): (Any if v is None else type(v), v) for k, v in defaults.items()}
+    return create_model("DerivedOptions", __base__=RecipeOptions, **fields)
 
 
 @dataclass

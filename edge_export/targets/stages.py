@@ -1,5 +1,6 @@
 """Steps every target shares: one quiet export stage whose library failure becomes ExportError naming
-the stage, and the pre-flight view of a model's linear layers.
+the stage, and the pre-flight view of a model's linear layers (the model-dependent checks of
+quantizing recipes; option values themselves are checked by each recipe's options model).
 
 Shared by the targets whose libraries raise arbitrary exceptions from deep inside their passes
 (ExecuTorch, litert-torch): the user gets exit 3, the stage, and the library's own first line.
@@ -11,13 +12,17 @@ import errno
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge_export import interrupts
 from edge_export.errors import ConfigError, ExportError
 from edge_export.quiet import native_stderr_captured, quiet
 
+if TYPE_CHECKING:
+    from edge_export.targets.base import Recipe
+
 T = TypeVar("T")
+LinearShapes = list[tuple[str, tuple[int, ...]]]
 
 
 def run_stage(target: str, stage: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -41,7 +46,7 @@ def _export_error(target: str, stage: str, exc: Exception) -> ExportError:
     return ExportError(target, stage, f"{type(exc).__name__}: {first}".rstrip(": "))
 
 
-def linear_shapes(model: Any) -> list[tuple[str, tuple[int, ...]]]:
+def linear_shapes(model: Any) -> LinearShapes:
     """(name, weight shape) of every nn.Linear of the model (what weight quantizers act on)."""
     import torch
 
@@ -50,6 +55,30 @@ def linear_shapes(model: Any) -> list[tuple[str, tuple[int, ...]]]:
         for name, module in model.hf_model.named_modules()
         if isinstance(module, torch.nn.Linear)
     ]
+
+
+def require_linear_layers(model: Any, recipe: Recipe, fallback: str) -> LinearShapes:
+    """The model's linear layers; an int8 / int4 recipe is refused when there are none, because
+    weight quantizers act on nothing else and the "quantized" artifact would be the float model.
+    `fallback` names the float recipes to use instead."""
+    linears = linear_shapes(model)
+    if recipe.precision in ("int8", "int4") and not linears:
+        raise ConfigError(f"{recipe.id}: the model has no linear layers to quantize", hint=f"use {fallback}")
+    return linears
+
+
+def require_divisible(recipe: Recipe, linears: LinearShapes, option: str) -> None:
+    """Refuse a block or group size (the option `option`) that does not divide every linear layer's
+    input size: block-wise int4 kernels (torchao, ai-edge-quantizer, coremltools) cut the input
+    dimension into whole blocks and fail deep inside the converter on a remainder."""
+    size = int(recipe.options[option])
+    bad = [name for name, shape in linears if shape[-1] % size]
+    if bad:
+        raise ConfigError(
+            f"{recipe.id}: {len(bad)} linear layers (e.g. {bad[0]}) have an input size "
+            f"not divisible by {option} {size}",
+            hint=f"choose a smaller {option}",
+        )
 
 
 def outlier_names(peaks: Mapping[str, float], ratio: float) -> list[str]:

@@ -31,6 +31,36 @@ METRICS: dict[str, tuple[bool, str]] = {
 }
 
 
+# Default thresholds shared by the targets' recipe tables (targets import them; each table adds
+# its own measured ones). Measured on the built-in text with all-MiniLM-L6-v2 and
+# SmolLM2-135M-Instruct (docs/validation.md, "Measured accuracy").
+
+# fp32 exports match the PyTorch reference to float rounding: onnx / executorch / tflite fp32 give
+# MiniLM embedding cosine min 1.00000 and SmolLM2 32/32 greedy tokens identical, perplexity delta
+# 0.0000%, max abs error 1e-4.
+FP32_GATES = {
+    "max_abs_error": 1e-2,
+    "sqnr_db": 60.0,
+    "cosine_min": 0.9999,
+    "embedding_cosine_min": 0.9999,
+    "top1_agreement": 0.99,
+    "next_token_agreement": 0.99,
+    "perplexity_delta_pct": 0.1,
+    "generation_match": 1.0,
+}
+
+# fp16 weights: onnx:fp16 MiniLM embedding cosine min 0.99998, sqnr 58.3 dB; coreml:fp16 (host
+# estimate) SmolLM2 perplexity -0.004%, next-token agreement 1.0.
+FP16_GATES = {"sqnr_db": 30.0, "cosine_min": 0.999, "embedding_cosine_min": 0.999,
+              "top1_agreement": 0.95, "next_token_agreement": 0.95, "perplexity_delta_pct": 1.0}  # fmt: skip
+
+# Static int8 activations (calibrated per-tensor scales) cost more than dynamic ones; every
+# target's static-activation recipe shares these thresholds. onnx:int8-static: MiniLM embedding
+# cosine min 0.929, sqnr 8.9 dB; SmolLM2 perplexity +7.7%, next-token agreement 0.845.
+STATIC_INT8_GATES = {"sqnr_db": 6.0, "embedding_cosine_min": 0.9, "top1_agreement": 0.8,
+                     "next_token_agreement": 0.8, "perplexity_delta_pct": 15.0}  # fmt: skip
+
+
 @dataclass
 class Gate:
     """One checked metric."""

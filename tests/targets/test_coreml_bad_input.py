@@ -19,12 +19,12 @@ from edge_export.targets.registry import get_recipe
     ("recipe", "options", "message"),
     [("coreml:int4-block", {"minimum_deployment_target": "iOS17"},
       "minimum_deployment_target iOS17 is too old: int4 per-block weights need iOS18"),
-     ("coreml:fp16", {"compute_units": "NEURAL_ENGINE"}, "unknown compute_units 'NEURAL_ENGINE'"),
-     ("coreml:fp16", {"minimum_deployment_target": "iOS15"}, "unknown minimum_deployment_target 'iOS15'"),
-     ("coreml:fp16", {"shape_mode": "dynamic"}, "unknown shape_mode 'dynamic'"),
-     ("coreml:int4-block", {"block_size": 48}, "block_size 48 is not supported"),
+     ("coreml:fp16", {"compute_units": "NEURAL_ENGINE"}, "compute_units must be 'ALL', 'CPU_AND_NE', 'CPU_AND_GPU' or 'CPU_ONLY', got 'NEURAL_ENGINE'"),
+     ("coreml:fp16", {"minimum_deployment_target": "iOS15"}, "minimum_deployment_target must be 'auto', 'iOS17' or 'iOS18', got 'iOS15'"),
+     ("coreml:fp16", {"shape_mode": "dynamic"}, "shape_mode must be 'range' or 'enumerated', got 'dynamic'"),
+     ("coreml:int4-block", {"block_size": 48}, "block_size must be 16, 32, 64 or 128, got 48"),
      ("coreml:int4-block", {"head_bits": 2}, "head_bits must be 4 or 8"),
-     ("coreml:int4-block", {"zero_point": "int8"}, "unknown zero_point 'int8'"),
+     ("coreml:int4-block", {"zero_point": "int8"}, "zero_point must be 'auto', 'int4' or 'fp16', got 'int8'"),
      ("coreml:fp16", {"max_seq_len": 4096}, "max_seq_len 4096 is outside 2..128"),
      ("coreml:fp16", {"shape_mode": "enumerated", "seq_buckets": [16, 4096]},
       "seq_buckets [16, 4096] must lie in 1..128"),
@@ -33,8 +33,8 @@ from edge_export.targets.registry import get_recipe
      ("coreml:palettize-4bit", {"group_size": 7}, "no linear weight has an output size divisible by group_size 7"),
      ("coreml:palettize-4bit", {"group_size": 4, "minimum_deployment_target": "iOS17"},
       "per-grouped-channel palettes need iOS18"),
-     ("coreml:int8-w8a8", {"calibration_samples": 0}, "needs calibration_samples >= 1, got 0"),
-     ("coreml:int8-w8a8", {"outlier_ratio": -1.0}, "outlier_ratio must be a number >= 0"),
+     ("coreml:int8-w8a8", {"calibration_samples": 0}, "calibration_samples must be >= 1, got 0"),
+     ("coreml:int8-w8a8", {"outlier_ratio": -1.0}, "outlier_ratio must be >= 0, got -1.0"),
      ("coreml:fp16", {"blocksize": 32}, "has no option 'blocksize'")],
 )  # fmt: skip
 def test_bad_recipe_options_fail_before_conversion(
@@ -78,7 +78,7 @@ def test_compressing_a_model_without_linear_layers_is_refused() -> None:
         "coreml:palettize-4bit",
         "coreml:palettize-6bit",
     ):
-        with pytest.raises(ConfigError, match="no linear layers to compress"):
+        with pytest.raises(ConfigError, match="no linear layers to quantize"):
             CoremlTarget().check(model, get_recipe(recipe))
     CoremlTarget().check(model, get_recipe("coreml:fp16"))  # nothing to compress is fine uncompressed
 

@@ -229,7 +229,7 @@ def test_require_full_delegation_rejects_llm_before_export(
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"group_size": 48}, "group_size 48 is not supported"),
+    [({"group_size": 48}, "group_size must be 16, 32, 64, 128 or 256, got 48"),
      ({"group_size": 256}, "not divisible by group_size 256"),
      ({"embedding_bits": 2}, "embedding_bits must be 4, 8 or 32"),
      ({"max_seq_len": 100000}, "max_seq_len 100000 is outside"),

@@ -248,7 +248,7 @@ def test_quantized_io_uses_scale_and_zero_point() -> None:
 
 @pytest.mark.parametrize(
     ("recipe", "options", "message"),
-    [("tflite:int4-block", {"block_size": 48}, "block_size 48 is not supported"),
+    [("tflite:int4-block", {"block_size": 48}, "block_size must be 32, 64, 128 or 256, got 48"),
      ("tflite:int4-block", {"head_bits": 2}, "head_bits must be 4 or 8"),
      ("tflite:fp32", {"max_seq_len": 100000}, "max_seq_len 100000 is outside"),
      ("tflite:fp32", {"prefill_lengths": [4096]}, "prefill_lengths [4096] must lie in"),
@@ -284,7 +284,7 @@ def test_bad_buckets_and_unsupported_decoders_fail_before_export(
     config.write_text(json.dumps({"recipe_options": {"tflite:int8-static": {"calibration_samples": 0}}}))
     code, _, err = run_cli(["export", tiny_bert, "--out", tmp_path / "c", "--recipe", "tflite:int8-static",
                             "--config", config], capsys)  # fmt: skip
-    assert code == 2 and "needs calibration data" in err
+    assert code == 2 and "calibration_samples must be >= 1, got 0" in err
     gpt2 = tmp_path / "gpt2"
     import transformers
 

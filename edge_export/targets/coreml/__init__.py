@@ -21,15 +21,14 @@ from edge_export.errors import ConfigError, NotRunnableHere
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.quiet import native_stderr_captured, quiet
 from edge_export.targets.base import Artifact, Recipe, Runnable, TargetBase
-from edge_export.targets.coreml.recipes import (
-    BLOCK_SIZES,
-    COMPUTE_UNITS,
-    DEPLOYMENT_TARGETS,
-    RECIPES,
-    SHAPE_MODES,
-    ZERO_POINTS,
+from edge_export.targets.coreml.recipes import RECIPES
+from edge_export.targets.stages import (
+    LinearShapes,
+    Scratch,
+    require_divisible,
+    require_linear_layers,
+    run_stage,
 )
-from edge_export.targets.stages import Scratch, linear_shapes, run_stage
 
 _AUTO_BUCKETS = (16, 32, 64, 128, 256, 512)
 # Decoder families whose attention the stateful KV-cache wrapper drives (each has a tiny-model test).
@@ -57,50 +56,16 @@ class CoremlTarget(TargetBase):
         return None if importlib.util.find_spec("coremltools") else "coremltools"
 
     def check(self, model: PreparedModel, recipe: Recipe) -> None:
-        """Reject options and recipes that cannot apply to this model, before any conversion."""
-        opts = recipe.options
-        if opts["compute_units"] not in COMPUTE_UNITS:
-            raise ConfigError(f"{recipe.id}: unknown compute_units {opts['compute_units']!r}",
-                              hint=f"use one of {', '.join(COMPUTE_UNITS)}")  # fmt: skip
-        if opts["minimum_deployment_target"] not in DEPLOYMENT_TARGETS:
-            raise ConfigError(f"{recipe.id}: unknown minimum_deployment_target {opts['minimum_deployment_target']!r}",
-                              hint=f"use one of {', '.join(DEPLOYMENT_TARGETS)}")  # fmt: skip
-        if opts["shape_mode"] not in SHAPE_MODES:
-            raise ConfigError(f"{recipe.id}: unknown shape_mode {opts['shape_mode']!r}",
-                              hint=f"use one of {', '.join(SHAPE_MODES)}")  # fmt: skip
+        """Refuse what this model cannot take, before any conversion (option values themselves are
+        checked by the recipe's options model, recipes.py)."""
         resolved = resolve_options(recipe, model)
         self._check_lengths(model, resolved)
         deployment_target(resolved, model)  # raises when an explicit target is too old
-        linears = linear_shapes(model)
-        if recipe.precision in ("int8", "int4") and not linears:
-            raise ConfigError(f"{recipe.id}: the model has no linear layers to compress",
-                              hint="use coreml:fp16 or coreml:fp32")  # fmt: skip
-        if "block_size" in opts:
-            size = opts["block_size"]
-            if size not in BLOCK_SIZES:
-                raise ConfigError(f"{recipe.id}: block_size {size} is not supported",
-                                  hint=f"use one of {', '.join(map(str, BLOCK_SIZES))}")  # fmt: skip
-            bad = [name for name, shape in linears if shape[-1] % size]
-            if bad:
-                raise ConfigError(f"{recipe.id}: {len(bad)} linear layers (e.g. {bad[0]}) have an input "
-                                  f"size not divisible by block_size {size}", hint="choose a smaller block_size")  # fmt: skip
-        if recipe.needs_calibration:
-            samples, ratio = opts["calibration_samples"], opts["outlier_ratio"]
-            if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-                raise ConfigError(f"{recipe.id}: calibrates int8 activations and needs calibration_samples >= 1, "
-                                  f"got {samples!r}", hint="set calibration_samples (real text from --calibration-data)")  # fmt: skip
-            if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio < 0:
-                raise ConfigError(f"{recipe.id}: outlier_ratio must be a number >= 0 (0 quantizes every "
-                                  f"linear input), got {ratio!r}")  # fmt: skip
-        if not all(isinstance(p, str) and p for p in opts.get("int8_layers", [])):
-            raise ConfigError(f"{recipe.id}: int8_layers must be a list of layer-name patterns")
-        if opts.get("zero_point", "int4") not in ZERO_POINTS:
-            raise ConfigError(f"{recipe.id}: unknown zero_point {opts['zero_point']!r}",
-                              hint=f"use one of {', '.join(ZERO_POINTS)}")  # fmt: skip
-        if opts.get("head_bits", 8) not in (4, 8):
-            raise ConfigError(f"{recipe.id}: head_bits must be 4 or 8, got {opts['head_bits']!r}")
-        if "group_size" in opts:
-            self._check_palette(model, recipe, linears)
+        linears = require_linear_layers(model, recipe, "coreml:fp16 or coreml:fp32")
+        if "block_size" in recipe.options:
+            require_divisible(recipe, linears, "block_size")
+        if "group_size" in recipe.options:
+            self._check_palette(recipe, linears)
         if model.io.kind == "decoder" and model.hf_model.config.model_type not in DECODER_TYPES:
             raise ConfigError(f"{recipe.id}: the stateful Core ML LM wrapper does not handle "
                               f"'{model.hf_model.config.model_type}' decoders",
@@ -108,27 +73,21 @@ class CoremlTarget(TargetBase):
 
     @staticmethod
     def _check_lengths(model: PreparedModel, recipe: Recipe) -> None:
+        """The cache / range bound and the enumerated lengths must fit the model's positions."""
         opts, limit = recipe.options, model.max_positions
         buckets = opts["seq_buckets"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in buckets):
-            raise ConfigError(f"{recipe.id}: seq_buckets must be a list of integers, got {buckets!r}")
         if not 2 <= opts["max_seq_len"] <= limit:
             raise ConfigError(f"{recipe.id}: max_seq_len {opts['max_seq_len']} is outside 2..{limit}",
                               hint="use 0 for automatic or a length the model supports")  # fmt: skip
-        if model.io.kind == "encoder" and opts["shape_mode"] == "enumerated":
-            bad = [n for n in buckets if not 1 <= n <= limit]
-            if bad or not buckets:
-                raise ConfigError(f"{recipe.id}: seq_buckets {buckets} must lie in 1..{limit}",
-                                  hint="list sequence lengths the model supports, e.g. [32, 128, 512]")  # fmt: skip
+        enumerated = model.io.kind == "encoder" and opts["shape_mode"] == "enumerated"
+        if enumerated and (not buckets or max(buckets) > limit):
+            raise ConfigError(f"{recipe.id}: seq_buckets {buckets} must lie in 1..{limit}",
+                              hint="list sequence lengths the model supports, e.g. [32, 128, 512]")  # fmt: skip
 
     @staticmethod
-    def _check_palette(
-        model: PreparedModel, recipe: Recipe, linears: list[tuple[str, tuple[int, ...]]]
-    ) -> None:
+    def _check_palette(recipe: Recipe, linears: LinearShapes) -> None:
+        """Palettes group output channels: some linear weight must have rows that divide into them."""
         group = recipe.options["group_size"]
-        if not isinstance(group, int) or group < 0:
-            raise ConfigError(f"{recipe.id}: group_size must be 0 (one table per tensor) or a positive "
-                              f"number of output channels, got {group!r}")  # fmt: skip
         eligible = [name for name, shape in linears if not group or shape[0] % group == 0]
         if not eligible:
             raise ConfigError(f"{recipe.id}: no linear weight has an output size divisible by group_size {group}",

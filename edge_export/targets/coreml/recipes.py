@@ -12,32 +12,56 @@ Options shared by every recipe:
 - seq_buckets: the enumerated lengths ([] = automatic: 16, 32, 64, 128, 256, 512 capped).
 - max_seq_len: encoders, the range's upper bound; decoders, the KV-cache context. 0 = automatic
   (encoders: the model limit capped at 512; decoders: min(512, model limit)).
-Gate defaults come from host estimates on all-MiniLM-L6-v2 and SmolLM2-135M-Instruct (README);
-int8-w8a8 shares onnx:int8-static's (static int8 activations). Measured (host estimate):
+Gate defaults come from host estimates on all-MiniLM-L6-v2 and SmolLM2-135M-Instruct (docs/validation.md);
+int8-w8a8 shares every target's static int8 gates (validation.gates.STATIC_INT8_GATES). Measured (host estimate):
 MiniLM embedding cosine 0.968, sqnr 14.8 dB; SmolLM2 perplexity +11.6%, next-token agreement
 0.857 (18 of 211 linear inputs left fp16 as outliers).
 """
 
 from __future__ import annotations
 
-from edge_export.targets.base import Recipe
-from edge_export.targets.onnx.recipes import FP32_GATES, STATIC_INT8_GATES
+from typing import Literal
 
-COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
-DEPLOYMENT_TARGETS = ("auto", "iOS17", "iOS18")
-SHAPE_MODES = ("range", "enumerated")
-BLOCK_SIZES = (16, 32, 64, 128)
-ZERO_POINTS = ("auto", "int4", "fp16")  # int4-block: the zero point per block (zero_point.py)
+from pydantic import Field
 
-_COMMON: dict[str, object] = {
-    "compute_units": "ALL",
-    "minimum_deployment_target": "auto",
-    "shape_mode": "range",
-    "seq_buckets": [],
-    "max_seq_len": 0,
-}
-_FP16_GATES = {"sqnr_db": 30.0, "cosine_min": 0.999, "embedding_cosine_min": 0.999,
-               "top1_agreement": 0.95, "next_token_agreement": 0.95, "perplexity_delta_pct": 1.0}  # fmt: skip
+from edge_export.targets.base import LayerPattern, Length, Recipe, RecipeOptions, WeightBits
+from edge_export.validation.gates import FP16_GATES, FP32_GATES, STATIC_INT8_GATES
+
+
+class CoremlOptions(RecipeOptions):
+    """coreml:fp16, fp32, int8-weight, and the options every Core ML recipe has."""
+
+    compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = "ALL"
+    minimum_deployment_target: Literal["auto", "iOS17", "iOS18"] = "auto"
+    shape_mode: Literal["range", "enumerated"] = "range"
+    seq_buckets: list[Length] = Field(default_factory=list)
+    max_seq_len: int = Field(0, ge=0)
+
+
+class W8A8Options(CoremlOptions):
+    """coreml:int8-w8a8: linear-input ranges from calibration_samples texts; inputs whose range is
+    over outlier_ratio x the median stay fp16 (0 quantizes every one)."""
+
+    calibration_samples: int = Field(16, ge=1)
+    outlier_ratio: float = Field(4.0, ge=0)
+
+
+class Int4BlockOptions(CoremlOptions):
+    """coreml:int4-block: block sizes coremltools' per-block int4 takes; zero_point per block
+    (zero_point.py); the LM head in head_bits and layers matching int8_layers int8 per channel."""
+
+    block_size: Literal[16, 32, 64, 128] = 32
+    zero_point: Literal["auto", "int4", "fp16"] = "auto"
+    head_bits: WeightBits = 4
+    int8_layers: list[LayerPattern] = Field(default_factory=list)
+
+
+class PaletteOptions(CoremlOptions):
+    """coreml:palettize-*: one table per group of group_size output channels (0: per tensor)."""
+
+    group_size: int = Field(32, ge=0)
+
+
 _INT8_GATES = {"sqnr_db": 12.0, "embedding_cosine_min": 0.99, "top1_agreement": 0.9,
                "next_token_agreement": 0.9, "perplexity_delta_pct": 3.0}  # fmt: skip
 _INT4_GATES = {"sqnr_db": 4.0, "embedding_cosine_min": 0.92, "top1_agreement": 0.7,
@@ -46,23 +70,23 @@ _INT4_GATES = {"sqnr_db": 4.0, "embedding_cosine_min": 0.92, "top1_agreement": 0
 RECIPES = (
     Recipe(
         "coreml:fp16", "fp16", "ML Program with fp16 weights and compute (the Neural Engine's precision)",
-        options=dict(_COMMON), gates=_FP16_GATES, default_for=("fp16",),
+        options_model=CoremlOptions, gates=FP16_GATES, default_for=("fp16",),
     ),
     Recipe(
         "coreml:fp32", "fp32", "ML Program with fp32 weights and compute (CPU and GPU; not the Neural Engine)",
-        options=dict(_COMMON), gates=FP32_GATES, default_for=("fp32",),
+        options_model=CoremlOptions, gates=FP32_GATES, default_for=("fp32",),
     ),
     Recipe(
         "coreml:int8-weight", "int8",
         "int8 per-channel symmetric weights of linear layers (weight-only), fp16 compute",
-        options=dict(_COMMON), gates=_INT8_GATES, default_for=("int8",),
+        options_model=CoremlOptions, gates=_INT8_GATES, default_for=("int8",),
     ),
     Recipe(
         "coreml:int8-w8a8", "int8",
         "int8 per-channel linear weights and int8 per-tensor linear inputs (ranges calibrated on "
         "real text; inputs whose range is over outlier_ratio x the median stay fp16), for the "
         "Neural Engine's int8 compute (A17 Pro / M4 and later)",
-        options=dict(_COMMON) | {"calibration_samples": 16, "outlier_ratio": 4.0},
+        options_model=W8A8Options,
         needs_calibration=True, gates=STATIC_INT8_GATES,
     ),
     Recipe(
@@ -71,7 +95,7 @@ RECIPES = (
         "auto: an fp16 zero point per block on tensors it makes exact (weights already on a 4-bit "
         "grid, e.g. a Q4_1 GGUF) and on an LM head, coremltools' int4 one elsewhere (int4 / fp16 "
         "force one); head_bits 8 and int8_layers keep the LM head / matching layers int8 per channel",
-        options=dict(_COMMON) | {"block_size": 32, "zero_point": "auto", "head_bits": 4, "int8_layers": []},
+        options_model=Int4BlockOptions,
         gates=_INT4_GATES, default_for=("int4",),
     ),
     Recipe(
@@ -79,7 +103,7 @@ RECIPES = (
         "4-bit palettized weights (k-means, one 16-entry table per group of group_size "
         "output channels; 0 = one table per tensor; tensors whose rows do not divide into groups, "
         "like token tables, get one 8-bit table), fp16 compute",
-        options=dict(_COMMON) | {"group_size": 32},
+        options_model=PaletteOptions,
         gates=_INT4_GATES,
     ),
     Recipe(
@@ -87,7 +111,7 @@ RECIPES = (
         "6-bit palettized weights (k-means, one 64-entry table per group of group_size "
         "output channels; tensors whose rows do not divide into groups get one 8-bit table), fp16 "
         "compute; precision class int8 (6 bits per weight)",
-        options=dict(_COMMON) | {"group_size": 32},
+        options_model=PaletteOptions,
         gates=_INT8_GATES,
     ),
 )  # fmt: skip

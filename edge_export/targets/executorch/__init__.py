@@ -15,12 +15,8 @@ from edge_export.errors import ConfigError, NotRunnableHere
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.quiet import native_stderr_captured
 from edge_export.targets.base import Artifact, Recipe, Runnable, TargetBase
-from edge_export.targets.executorch.recipes import RECIPES
-from edge_export.targets.stages import linear_shapes, run_stage
-
-_GROUP_SIZES = (16, 32, 64, 128, 256)
-_EMBEDDING_BITS = (4, 8, 32)
-_DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
+from edge_export.targets.executorch.recipes import RECIPES, backend_of
+from edge_export.targets.stages import require_divisible, require_linear_layers, run_stage
 
 
 class ExecutorchTarget(TargetBase):
@@ -42,39 +38,17 @@ class ExecutorchTarget(TargetBase):
         return None
 
     def check(self, model: PreparedModel, recipe: Recipe) -> None:
-        """Reject options and recipes that cannot apply to this model, before any export runs."""
-        opts = recipe.options
-        limit = model.max_positions
-        if not 0 <= opts["max_seq_len"] <= limit or opts["max_seq_len"] == 1:
-            raise ConfigError(f"{recipe.id}: max_seq_len {opts['max_seq_len']} is outside 2..{limit}",
+        """Refuse what this model cannot take, before any export runs (option values themselves
+        are checked by the recipe's options model, recipes.py)."""
+        length, limit = recipe.options["max_seq_len"], model.max_positions
+        if length > limit or length == 1:  # 0 is automatic
+            raise ConfigError(f"{recipe.id}: max_seq_len {length} is outside 2..{limit}",
                               hint="use 0 for automatic or a length the model supports")  # fmt: skip
-        if opts["max_batch_size"] < 1:
-            raise ConfigError(f"{recipe.id}: max_batch_size must be at least 1")
-        if opts.get("head_bits", 8) not in (4, 8):
-            raise ConfigError(f"{recipe.id}: head_bits must be 4 or 8")
-        if opts.get("embedding_bits", 32) not in _EMBEDDING_BITS:
-            raise ConfigError(f"{recipe.id}: embedding_bits must be 4, 8 or 32 (float)")
-        if opts.get("minimum_deployment_target", "iOS17") not in _DEPLOYMENT_TARGETS:
-            raise ConfigError(f"{recipe.id}: unknown minimum_deployment_target {opts['minimum_deployment_target']!r}",
-                              hint=f"use one of {', '.join(_DEPLOYMENT_TARGETS)}")  # fmt: skip
-        if recipe.name.startswith("coreml") and importlib.util.find_spec("coremltools") is None:
+        if backend_of(recipe) == "coreml" and importlib.util.find_spec("coremltools") is None:
             raise ConfigError(f"{recipe.id} needs coremltools", hint="install edge-export[coreml]")
-        if recipe.precision in ("int8", "int4") and not linear_shapes(model):
-            raise ConfigError(f"{recipe.id}: the model has no linear layers to quantize",
-                              hint="use executorch:xnnpack-fp32")  # fmt: skip
-        if "group_size" in opts:
-            self._check_groups(model, recipe)
-
-    @staticmethod
-    def _check_groups(model: PreparedModel, recipe: Recipe) -> None:
-        size = recipe.options["group_size"]
-        if size not in _GROUP_SIZES:
-            raise ConfigError(f"{recipe.id}: group_size {size} is not supported",
-                              hint=f"use one of {', '.join(map(str, _GROUP_SIZES))}")  # fmt: skip
-        bad = [name for name, shape in linear_shapes(model) if shape[-1] % size]
-        if bad:
-            raise ConfigError(f"{recipe.id}: {len(bad)} linear layers (e.g. {bad[0]}) have an input size "
-                              f"not divisible by group_size {size}", hint="choose a smaller group_size")  # fmt: skip
+        linears = require_linear_layers(model, recipe, "executorch:xnnpack-fp32")
+        if "group_size" in recipe.options:
+            require_divisible(recipe, linears, "group_size")
 
     def check_full_delegation(self, model: PreparedModel, recipe: Recipe) -> None:
         """--require-full-delegation pre-flight: fail early where the graph cannot be delegated."""
@@ -82,7 +56,7 @@ class ExecutorchTarget(TargetBase):
             raise ConfigError(f"{recipe.id}: ExecuTorch's custom SDPA/KV-cache ops run outside any delegate",
                               hint=f"set recipe_options {recipe.id}: {{custom_ops: false}} or drop "
                                    "--require-full-delegation")  # fmt: skip
-        if model.io.kind == "decoder" and recipe.name.startswith("xnnpack"):
+        if model.io.kind == "decoder" and backend_of(recipe) == "xnnpack":
             raise ConfigError(f"{recipe.id}: XNNPACK cannot take token embeddings (aten.embedding), "
                               "so a decoder always keeps CPU kernels",
                               hint="drop --require-full-delegation for LLMs on XNNPACK")  # fmt: skip
@@ -103,7 +77,7 @@ class ExecutorchTarget(TargetBase):
         out = workdir / "model.pte"
         _stage("serialize", lower.serialize, edge, out)
         details = {"options": dict(recipe.options), "methods": spec.metadata, "delegated_ops": delegated,
-                   "backend": "coreml" if recipe.name.startswith("coreml") else "xnnpack"}  # fmt: skip
+                   "backend": backend_of(recipe)}  # fmt: skip
         return Artifact(self.name, recipe, out, [out], details, io=spec.io)
 
     def load(self, artifact_path: Path, manifest: Mapping[str, Any]) -> Runnable:

@@ -12,6 +12,7 @@ import torch
 
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.targets.base import Recipe
+from edge_export.targets.executorch.recipes import backend_of
 
 
 @dataclass
@@ -105,9 +106,9 @@ def calibration_args(spec: ExportSpec, calibration: CalibrationSet | None, count
 
 
 def partitioners(recipe: Recipe) -> list[Any]:
-    """XNNPACK for xnnpack-*, Core ML for coreml-*."""
+    """The partitioners of the recipe's backend (XNNPACK or Core ML)."""
     from edge_export.targets.executorch import lower
 
-    if recipe.name.startswith("coreml"):
+    if backend_of(recipe) == "coreml":
         return lower.coreml_partitioners(recipe.precision, str(recipe.options["minimum_deployment_target"]))
     return lower.xnnpack_partitioners(dynamic_quant=recipe.name == "xnnpack-int8")

@@ -1,25 +1,50 @@
-"""ONNX recipes as data. Gate defaults were set from measurements on all-MiniLM-L6-v2 and
-SmolLM2-135M-Instruct (see README, "Measured accuracy"); tighten or relax them in the config."""
+"""ONNX recipes as data: their typed options (one model per recipe family) and the RECIPES table.
+Gate defaults were set from measurements on all-MiniLM-L6-v2 and SmolLM2-135M-Instruct (see
+docs/validation.md, "Measured accuracy"); tighten or relax them in the config."""
 
 from __future__ import annotations
 
-from edge_export.targets.base import Recipe
+from typing import Literal
 
-FP32_GATES = {
-    "max_abs_error": 1e-2,
-    "sqnr_db": 60.0,
-    "cosine_min": 0.9999,
-    "embedding_cosine_min": 0.9999,
-    "top1_agreement": 0.99,
-    "next_token_agreement": 0.99,
-    "perplexity_delta_pct": 0.1,
-    "generation_match": 1.0,
-}
+from pydantic import Field
 
-# Static int8 activations (calibrated per-tensor scales) cost more than dynamic ones; every
-# target's static-activation recipe shares these thresholds.
-STATIC_INT8_GATES = {"sqnr_db": 6.0, "embedding_cosine_min": 0.9, "top1_agreement": 0.8,
-                     "next_token_agreement": 0.8, "perplexity_delta_pct": 15.0}  # fmt: skip
+from edge_export.targets.base import Recipe, RecipeOptions, WeightBits
+from edge_export.validation.gates import FP16_GATES, FP32_GATES, STATIC_INT8_GATES
+
+BlockSize = Literal[16, 32, 64, 128, 256]  # block sizes MatMulNBits takes
+
+
+class Int8DynamicOptions(RecipeOptions):
+    """onnx:int8-dynamic. method auto: per-tensor MatMulInteger for encoders, block-wise
+    MatMulNBits (block_size) for decoders; quantize_embeddings also quantizes Gather tables."""
+
+    method: Literal["auto", "matmul-integer", "blockwise"] = "auto"
+    per_channel: bool = True
+    quantize_embeddings: bool = True
+    block_size: BlockSize = 32
+
+
+class Int8StaticOptions(RecipeOptions):
+    """onnx:int8-static (QDQ): calibrated on calibration_samples texts; linear inputs whose range
+    is over outlier_ratio x the median stay float (0 quantizes every one)."""
+
+    per_channel: bool = True
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    calibration_samples: int = Field(16, ge=1)
+    outlier_ratio: float = Field(4.0, ge=0)
+
+
+class Int4WeightOptions(RecipeOptions):
+    """onnx:int4-weight (MatMulNBits): body weights in `bits`, the LM head in head_bits;
+    accuracy_level is ORT's compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)."""
+
+    bits: WeightBits = 4
+    head_bits: WeightBits = 8
+    block_size: BlockSize = 32
+    symmetric: bool = True
+    accuracy_level: int = Field(4, ge=0, le=4)
+    quantize_embeddings: bool = True
+
 
 # Measured on the built-in text (fp16 / int8-dynamic / int4-weight / int8-static):
 #   MiniLM embedding_cosine_min 0.99998 / 0.9905 / 0.938 / 0.929; sqnr_db 58.3 / 18.1 / 10.9 / 8.9
@@ -34,31 +59,25 @@ RECIPES = (
     ),
     Recipe(
         "onnx:fp16", "fp16", "fp16 weights and compute, fp32 inputs/outputs",
-        gates={"sqnr_db": 30.0, "cosine_min": 0.999, "embedding_cosine_min": 0.999,
-               "top1_agreement": 0.95, "next_token_agreement": 0.95, "perplexity_delta_pct": 1.0},
-        default_for=("fp16",),
+        gates=FP16_GATES, default_for=("fp16",),
     ),
     Recipe(
         "onnx:int8-dynamic", "int8",
         "int8 weights, activations quantized at run time (CPU default); method auto picks "
         "per-tensor MatMulInteger for encoders and block-wise MatMulNBits for decoders",
-        options={"method": "auto", "per_channel": True, "quantize_embeddings": True, "block_size": 32},
+        options_model=Int8DynamicOptions,
         gates={"sqnr_db": 12.0, "embedding_cosine_min": 0.99, "top1_agreement": 0.9,
                "next_token_agreement": 0.9, "perplexity_delta_pct": 2.0},
         default_for=("int8",),
     ),
     Recipe(
         "onnx:int8-static", "int8", "QDQ int8 with calibrated activations, for NPU execution providers",
-        options={"per_channel": True, "calibration_method": "minmax", "calibration_samples": 16,
-                 "outlier_ratio": 4.0},
-        needs_calibration=True,
-        gates=STATIC_INT8_GATES,
+        options_model=Int8StaticOptions, needs_calibration=True, gates=STATIC_INT8_GATES,
     ),
     Recipe(
         "onnx:int4-weight", "int4",
         "4-bit block-wise weights (MatMulNBits), embeddings 4-bit, LM head 8-bit by default",
-        options={"bits": 4, "head_bits": 8, "block_size": 32, "symmetric": True,
-                 "accuracy_level": 4, "quantize_embeddings": True},
+        options_model=Int4WeightOptions,
         gates={"sqnr_db": 4.0, "embedding_cosine_min": 0.92, "top1_agreement": 0.7,
                "next_token_agreement": 0.65, "perplexity_delta_pct": 12.0},
         default_for=("int4",),

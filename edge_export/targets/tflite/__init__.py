@@ -19,8 +19,8 @@ from edge_export.errors import ConfigError
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.quiet import native_stderr_captured
 from edge_export.targets.base import Artifact, Recipe, Runnable, TargetBase
-from edge_export.targets.stages import Scratch, linear_shapes, run_stage
-from edge_export.targets.tflite.recipes import BLOCK_SIZES, RECIPES
+from edge_export.targets.stages import Scratch, require_divisible, require_linear_layers, run_stage
+from edge_export.targets.tflite.recipes import RECIPES
 
 _AUTO_BUCKETS = (16, 32, 64, 128, 256, 512)
 _AUTO_PREFILL = (8, 64)
@@ -52,13 +52,10 @@ class TfliteTarget(TargetBase):
         return None
 
     def check(self, model: PreparedModel, recipe: Recipe) -> None:
-        """Reject options and recipes that cannot apply to this model, before any conversion."""
+        """Refuse what this model cannot take, before any conversion (option values themselves are
+        checked by the recipe's options model, recipes.py)."""
         opts = resolve_options(recipe, model).options
         limit = model.max_positions
-        for key in ("seq_buckets", "prefill_lengths"):
-            values = opts[key]
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-                raise ConfigError(f"{recipe.id}: {key} must be a list of integers, got {values!r}")
         if model.io.kind == "decoder":
             if recipe.needs_calibration:
                 raise ConfigError(f"{recipe.id}: static activation quantization breaks decoders (SmolLM2 "
@@ -75,34 +72,12 @@ class TfliteTarget(TargetBase):
             if bad or not opts["prefill_lengths"]:
                 raise ConfigError(f"{recipe.id}: prefill_lengths {opts['prefill_lengths']} must lie in "
                                   f"2..max_seq_len ({opts['max_seq_len']})")  # fmt: skip
-        else:
-            bad = [n for n in opts["seq_buckets"] if not 1 <= n <= limit]
-            if bad or not opts["seq_buckets"]:
-                raise ConfigError(f"{recipe.id}: seq_buckets {opts['seq_buckets']} must lie in 1..{limit}",
-                                  hint="list sequence lengths the model supports, e.g. [32, 128, 512]")  # fmt: skip
+        elif not opts["seq_buckets"] or max(opts["seq_buckets"]) > limit:
+            raise ConfigError(f"{recipe.id}: seq_buckets {opts['seq_buckets']} must lie in 1..{limit}",
+                              hint="list sequence lengths the model supports, e.g. [32, 128, 512]")  # fmt: skip
+        linears = require_linear_layers(model, recipe, "tflite:fp32 or tflite:fp16")
         if "block_size" in opts:
-            self._check_blocks(model, recipe)
-        if not all(isinstance(p, str) and p for p in opts.get("int8_layers", [])):
-            raise ConfigError(f"{recipe.id}: int8_layers must be a list of layer-name patterns")
-        if opts.get("head_bits", 8) not in (4, 8):
-            raise ConfigError(f"{recipe.id}: head_bits must be 4 or 8, got {opts['head_bits']!r}")
-        if recipe.precision in ("int8", "int4") and not linear_shapes(model):
-            raise ConfigError(f"{recipe.id}: the model has no linear layers to quantize",
-                              hint="use tflite:fp32 or tflite:fp16")  # fmt: skip
-        if recipe.needs_calibration and int(opts.get("calibration_samples", 0)) < 1:
-            raise ConfigError(f"{recipe.id} is full-integer and needs calibration data",
-                              hint="set calibration_samples to 1 or more (real text from --calibration-data)")  # fmt: skip
-
-    @staticmethod
-    def _check_blocks(model: PreparedModel, recipe: Recipe) -> None:
-        size = recipe.options["block_size"]
-        if size not in BLOCK_SIZES:
-            raise ConfigError(f"{recipe.id}: block_size {size} is not supported by ai-edge-quantizer",
-                              hint=f"use one of {', '.join(map(str, BLOCK_SIZES))}")  # fmt: skip
-        bad = [name for name, shape in linear_shapes(model) if shape[-1] % size]
-        if bad:
-            raise ConfigError(f"{recipe.id}: {len(bad)} linear layers (e.g. {bad[0]}) have an input size "
-                              f"not divisible by block_size {size}", hint="choose a smaller block_size")  # fmt: skip
+            require_divisible(recipe, linears, "block_size")
 
     def _fp32(self, model: PreparedModel, recipe: Recipe) -> tuple[Path, dict[str, Any]]:
         """The fp32 conversion for this signature set, made once and shared by every recipe."""
@@ -215,7 +190,9 @@ def calibration_feeds(
     """Signature name -> feeds: each calibration sample cut or zero-padded to every bucket's length
     (ai-edge-quantizer needs activation ranges for every signature)."""
     if calibration is None or not calibration.feeds:
-        raise ConfigError(f"{recipe.id} needs calibration data", hint="pass --calibration-data FILE")
+        raise ConfigError(
+            f"{recipe.id} needs calibration data", hint="pass real text with --data FILE (.txt or .jsonl)"
+        )
     feeds = calibration.feeds[: int(recipe.options["calibration_samples"])]
     data: dict[str, list[dict[str, np.ndarray]]] = {}
     for name, length in ((k, v["sequence"]) for k, v in signatures.items()):
