@@ -140,6 +140,21 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_decoder(tmp_path_factory.mktemp("tiny-llama"), "llama")
 
 
+def export_bundle(factory: pytest.TempPathFactory, model: Path, recipe: str) -> Path:
+    """Export `model` with one recipe (no latency) into a fresh session folder; the bundle path."""
+    name = recipe.replace(":", "-")
+    out = factory.mktemp(name) / "out"
+    code, _, _ = run_cli(["export", model, "--out", out, "--recipe", recipe, "--no-latency"])
+    assert code == 0
+    return out / name
+
+
+@pytest.fixture(scope="session")
+def bert_onnx_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """tiny_bert as an onnx:fp32 bundle, once per session: copy it before changing anything."""
+    return export_bundle(tmp_path_factory, tiny_bert, "onnx:fp32")
+
+
 def load_report(out: Path) -> dict[str, Any]:
     """OUT/report.json as a dict."""
     return json.loads((out / "report.json").read_text())

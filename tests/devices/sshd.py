@@ -14,7 +14,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 SSHD = "/usr/sbin/sshd"
 
@@ -122,3 +125,12 @@ class LocalSshd:
         }  # fmt: skip
         entry.update(overrides)
         return entry
+
+
+@pytest.fixture(scope="module", name="sshd")
+def sshd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
+    """One sshd per test module that imports this fixture, stopped (with every session it forked)
+    after the module."""
+    daemon = LocalSshd(tmp_path_factory.mktemp("sshd")).start()
+    yield daemon
+    daemon.stop()

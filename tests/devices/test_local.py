@@ -15,12 +15,9 @@ from edge_export.devices.local import LocalDevice
 from edge_export.errors import DeviceError
 
 
-@pytest.fixture(scope="module")
-def tiny_bert_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
-    out = tmp_path_factory.mktemp("bert-bundle") / "out"
-    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--quantize", "fp32", "--no-latency"])
-    assert code == 0
-    return out / "onnx-fp32"
+@pytest.fixture
+def tiny_bert_bundle(bert_onnx_bundle: Path) -> Path:
+    return bert_onnx_bundle
 
 
 def test_agent_outputs_match_in_process_run(tiny_bert_bundle: Path) -> None:

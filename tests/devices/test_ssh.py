@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import run_cli
-from sshd import LocalSshd, free_port, keygen
+from sshd import LocalSshd, free_port, keygen, sshd_fixture  # noqa: F401 - the `sshd` fixture
 
 from edge_export.devices import get_device
 from edge_export.devices.inventory import parse_device_spec
@@ -26,13 +26,6 @@ from edge_export.errors import DeviceError
 
 # a folder name a shell would split, quote-break and chain if anything built a shell string from it
 NASTY = "dir with space 'q' \"dq\"; touch PWNED"
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
-    daemon = LocalSshd(tmp_path_factory.mktemp("sshd")).start()
-    yield daemon
-    daemon.stop()
 
 
 @pytest.fixture(scope="module")

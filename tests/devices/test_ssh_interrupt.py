@@ -8,28 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli
-from sshd import LocalSshd
+from sshd import LocalSshd, sshd_fixture  # noqa: F401 - the `sshd` fixture
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
-    daemon = LocalSshd(tmp_path_factory.mktemp("sshd-int")).start()
-    yield daemon
-    daemon.stop()
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
-    out = tmp_path_factory.mktemp("int-bundle") / "out"
-    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--recipe", "onnx:fp32", "--no-latency"])
-    assert code == 0
-    return out / "onnx-fp32"
+@pytest.fixture
+def bundle(bert_onnx_bundle: Path) -> Path:
+    return bert_onnx_bundle
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)

@@ -11,12 +11,9 @@ import pytest
 from conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
-    out = tmp_path_factory.mktemp("run-bundle") / "out"
-    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--recipe", "onnx:fp32", "--no-latency"])
-    assert code == 0
-    return out / "onnx-fp32"
+@pytest.fixture
+def bundle(bert_onnx_bundle: Path) -> Path:
+    return bert_onnx_bundle
 
 
 def test_bench_on_the_local_device(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import export_bundle, run_cli
 
 from edge_export.run.bundle import write_manifest
 from edge_export.validation.drift import compare
@@ -19,10 +19,7 @@ from edge_export.validation.drift import compare
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
-    out = tmp_path_factory.mktemp("drift-bundle") / "out"
-    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--recipe", "onnx:int8-dynamic", "--no-latency"])
-    assert code == 0
-    return out / "onnx-int8-dynamic"
+    return export_bundle(tmp_path_factory, tiny_bert, "onnx:int8-dynamic")
 
 
 def _validate(bundle: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:

@@ -17,12 +17,9 @@ from edge_export.run.bundle import write_manifest
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
-    out = tmp_path_factory.mktemp("tok-bundle") / "out"
-    code, _, _ = run_cli(["export", tiny_bert, "--out", out, "--recipe", "onnx:fp32", "--no-latency"])
-    assert code == 0
-    return out / "onnx-fp32"
+@pytest.fixture
+def bundle(bert_onnx_bundle: Path) -> Path:
+    return bert_onnx_bundle
 
 
 def _rehash(bundle: Path) -> None:
