@@ -67,22 +67,29 @@ def _validate(
 ) -> bool:
     """Gated accuracy into `result`; False when the artifact does not run on its own host runtime
     (an export failure, recorded as the result's error)."""
+    with (
+        run.progress.task(f"{planned.recipe.id}: validating"),
+        timed(result.timings_s, "validate"),
+        native_stderr_captured(),  # native runtimes log per call on fd 2
+    ):
+        result.accuracy, result.error = checked_accuracy(run, planned, artifact.path, manifest)
+    return result.error is None
+
+
+def checked_accuracy(
+    run: ExportRun, planned: PlannedRun, path: Path, manifest: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(accuracy, None), or (None, error) when the artifact does not run on its own host runtime:
+    that is an export failure of this result (exit 3), not a crash of the run."""
     try:
-        with (
-            run.progress.task(f"{planned.recipe.id}: validating"),
-            timed(result.timings_s, "validate"),
-            native_stderr_captured(),  # native runtimes log per call on fd 2
-        ):
-            result.accuracy = run.validate_artifact(planned, artifact.path, manifest)
-    except Exception as exc:  # a runtime that cannot run its own artifact is an export failure
+        return run.validate_artifact(planned, path, manifest), None
+    except Exception as exc:
         if isinstance(exc, OSError) and exc.errno in USER_ERRNOS:
             raise  # the machine (a full disk, a permission), not the artifact: the run stops
         message = (
             f"{planned.recipe.id}: the artifact does not run on the host runtime: {type(exc).__name__}: {exc}"
         )
-        result.error = {"type": "ExportError", "stage": "validate", "message": message.splitlines()[0]}
-        return False
-    return True
+        return None, {"type": "ExportError", "stage": "validate", "message": message.splitlines()[0]}
 
 
 def residency_failure(cfg: ExportConfig, result: Result) -> str | None:

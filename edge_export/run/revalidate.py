@@ -13,6 +13,7 @@ from edge_export.report.progress import Progress
 from edge_export.report.result import Result
 from edge_export.report.schema import single_result_report
 from edge_export.run.bundle import read_bundle
+from edge_export.run.orchestrate import checked_accuracy
 from edge_export.run.plan import PlannedRun
 from edge_export.run.session import ExportRun
 from edge_export.targets.registry import create, factories, get_recipe
@@ -55,7 +56,10 @@ def revalidate(
         result = Result(planned.target.name, recipe.id, recipe.precision, bundle=str(bundle),
                         artifact=manifest["artifact"], size_bytes=_size(artifact), produced=True)  # fmt: skip
         if run.validator is not None:
-            result.accuracy = with_drift(run.validate_artifact(planned, artifact, manifest), manifest)
+            result.accuracy, result.error = checked_accuracy(run, planned, artifact, manifest)
+            if result.error is not None:
+                return single_result_report(manifest, result)
+            result.accuracy = with_drift(result.accuracy, manifest)
         if cfg.latency.enabled:
             result.latency_by_device = [run.measure_latency(d, bundle, planned) for d in run.devices]
     finally:

@@ -6,6 +6,7 @@ once per model and reused for every recipe and every target.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,25 @@ def _valid_for(output: np.ndarray, case: Case) -> np.ndarray:
     if output.ndim >= 3:
         return case.valid
     return case.valid.any(axis=1)
+
+
+def _other_outputs(case: Case, ref_out: dict, cand_out: dict, primary: str) -> dict[str, dict[str, float]]:
+    """SQNR and worst cosine of every output besides the primary one (hidden states next to a pooled
+    embedding, the KV presents next to the logits): an output nobody gates could be anything.
+    Token-shaped outputs are compared row by row over valid positions, others (KV caches) per sample."""
+    found = {}
+    for name, ref in ref_out.items():
+        cand = cand_out.get(name)
+        if name == primary or cand is None or np.shape(cand) != np.shape(ref) or np.ndim(ref) < 2:
+            continue
+        cand = np.asarray(cand, dtype=np.float32)
+        if ref.shape[:2] == case.valid.shape:
+            rows_ref, rows_cand, valid = ref, cand, case.valid
+        else:
+            rows_ref, rows_cand, valid = ref.reshape(ref.shape[0], -1), cand.reshape(cand.shape[0], -1), None
+        found[name] = {"sqnr_db": m.sqnr_db(rows_ref, rows_cand, valid),
+                       "cosine_min": float(m.row_cosines(rows_ref, rows_cand, valid).min())}  # fmt: skip
+    return found
 
 
 def _row_metrics(case: Case, ref: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
@@ -142,7 +162,11 @@ class Validator:
         agg: dict[str, list[float]] = {"max_abs_error": [], "sqnr_db": [], "cosine_min": []}
         task_values: list[float] = []
         triples, skipped = self._case_outputs(candidate)
+        others: dict[str, dict[str, float]] = {}
         for case, ref_out, cand_out in triples:
+            for name, values in _other_outputs(case, ref_out, cand_out, primary).items():
+                seen = others.setdefault(name, {"sqnr_db": math.inf, "cosine_min": 1.0})
+                others[name] = {k: min(seen[k], v) for k, v in values.items()}
             row = _row_metrics(case, ref_out[primary], cand_out[primary])
             for key, value in row.items():
                 agg[key].append(value)
@@ -161,7 +185,10 @@ class Validator:
         task_metric = self._task_metric_name()
         if task_metric:
             result[task_metric] = min(task_values)
-        details: dict[str, Any] = {"cases": per_case, "text": self.text.origin}
+        if others:
+            result["other_outputs_sqnr_db"] = min(v["sqnr_db"] for v in others.values())
+            result["other_outputs_cosine_min"] = min(v["cosine_min"] for v in others.values())
+        details: dict[str, Any] = {"cases": per_case, "text": self.text.origin, "other_outputs": others}
         if skipped:
             details["cases_not_applicable"] = skipped
         if self.model.io.kind == "decoder":

@@ -24,6 +24,11 @@ METRICS: dict[str, tuple[bool, str]] = {
     "top1_agreement": (True, "fraction of predictions whose top-1 class/token matches"),
     "next_token_agreement": (True, "fraction of next-token predictions on real text that match"),
     "perplexity_delta_pct": (False, "perplexity increase on real text, percent of the reference"),
+    "other_outputs_sqnr_db": (
+        True,
+        "lowest SQNR (dB) of any output besides the primary one (hidden states, KV)",
+    ),
+    "other_outputs_cosine_min": (True, "lowest row cosine of any output besides the primary one"),
     "generation_match": (
         True,
         "fraction of the greedy-generated tokens identical to the reference (leading run)",
@@ -47,12 +52,17 @@ FP32_GATES = {
     "next_token_agreement": 0.99,
     "perplexity_delta_pct": 0.1,
     "generation_match": 1.0,
+    # every other output (hidden states beside the pooled embedding, the KV presents) as exact as
+    # the primary one: a swapped or stale output can no longer pass because nothing looked at it
+    "other_outputs_sqnr_db": 60.0,
+    "other_outputs_cosine_min": 0.9999,
 }
 
 # fp16 weights: onnx:fp16 MiniLM embedding cosine min 0.99998, sqnr 58.3 dB; coreml:fp16 (host
 # estimate) SmolLM2 perplexity -0.004%, next-token agreement 1.0.
 FP16_GATES = {"sqnr_db": 30.0, "cosine_min": 0.999, "embedding_cosine_min": 0.999,
-              "top1_agreement": 0.95, "next_token_agreement": 0.95, "perplexity_delta_pct": 1.0}  # fmt: skip
+              "top1_agreement": 0.95, "next_token_agreement": 0.95, "perplexity_delta_pct": 1.0,
+              "other_outputs_sqnr_db": 30.0, "other_outputs_cosine_min": 0.999}  # fmt: skip
 
 # Static int8 activations (calibrated per-tensor scales) cost more than dynamic ones; every
 # target's static-activation recipe shares these thresholds. onnx:int8-static: MiniLM embedding

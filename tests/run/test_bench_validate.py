@@ -67,3 +67,18 @@ def test_bench_with_a_broken_tokenizer_is_refused(
     write_manifest(broken, {k: v for k, v in manifest.items() if k not in ("schema", "files")})
     code, stdout, stderr = run_cli(["bench", broken], capsys)
     assert code == 2 and stdout == "" and "tokenizer in bundle" in stderr and "fails to load" in stderr
+
+
+def test_validate_an_artifact_its_runtime_cannot_load_is_exit_3(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_export.run.bundle import write_manifest
+
+    broken = shutil.copytree(bundle, tmp_path / "broken")
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    write_manifest(broken, {k: v for k, v in manifest.items() if k not in ("schema", "files")})
+    code, stdout, stderr = run_cli(["validate", broken, "--json", "--iterations", "1"], capsys)
+    (result,) = json.loads(stdout)["results"]
+    assert code == 3 and result["status"] == "error" and result["error"]["stage"] == "validate"
+    assert "does not run on the host runtime" in stderr and "unexpected" not in stderr
