@@ -47,12 +47,18 @@ def on_interrupt(cleanup: Callable[[], None]) -> None:
 def _run_cleanups() -> None:
     def run_all() -> None:
         for cleanup in reversed(list(_CLEANUPS)):
-            with contextlib.suppress(Exception):
+            try:
                 cleanup()
+            except Exception as exc:  # one failed cleanup must not stop the others; the user is told
+                sys.stderr.write(
+                    f"warning: clean-up after the interrupt failed: {type(exc).__name__}: {exc}\n"
+                )
 
     worker = threading.Thread(target=run_all, daemon=True)  # never blocks the exit beyond the budget
     worker.start()
     worker.join(CLEANUP_BUDGET_S)
+    if worker.is_alive():
+        sys.stderr.write(f"warning: clean-up on a device did not finish within {CLEANUP_BUDGET_S:.0f} s\n")
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
