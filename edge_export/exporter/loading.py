@@ -170,7 +170,8 @@ def _plain_copy(cls: Any, model: torch.nn.Module) -> torch.nn.Module:
     return plain
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
+# Any one of these files means a folder (a model or a bundle) ships a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
 _JSON_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json")
 
 
@@ -197,7 +198,7 @@ def _load_tokenizer(source: ModelSource) -> Any | None:
     by accident, and validation never runs on ids from the wrong one."""
     from transformers import AutoTokenizer
 
-    present = [n for n in _TOKENIZER_FILES if (source.folder / n).is_file()]
+    present = [n for n in TOKENIZER_FILES if (source.folder / n).is_file()]
     if source.kind != "gguf":
         if not present:
             return None

@@ -13,13 +13,12 @@ from edge_export.config import LatencyConfig
 from edge_export.devices import get_device
 from edge_export.devices.inventory import DeviceSpec
 from edge_export.errors import InputError
+from edge_export.exporter.loading import TOKENIZER_FILES
 from edge_export.report.result import Result
 from edge_export.report.schema import single_result_report
 from edge_export.run.bundle import read_bundle
 from edge_export.run.device_latency import latency_entry
 
-# The bundle files a tokenizer is read from (any one of them means the bundle ships a tokenizer).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
 NO_TOKENIZER_NOTE = "the bundle has no tokenizer: latency was measured on synthetic token ids"
 
 
