@@ -16,7 +16,7 @@ import torch
 from edge_export.errors import ConfigError, InputError, MissingDependencyError
 from edge_export.exporter.families import family_for
 from edge_export.exporter.prepared import PreparedModel
-from edge_export.exporter.source import ModelSource
+from edge_export.exporter.source import ModelSource, check_gguf_contents
 from edge_export.exporter.tasks import auto_class, check_task, infer_task
 from edge_export.files import read_json_file
 
@@ -48,6 +48,7 @@ def load_config(source: ModelSource, trust_remote_code: bool) -> Any:
     """The model's transformers config; remote code only when the user allowed it."""
     from transformers import AutoConfig
 
+    check_gguf_contents(source)
     try:
         return AutoConfig.from_pretrained(
             str(source.folder), trust_remote_code=trust_remote_code, **_gguf_kwargs(source)
@@ -119,7 +120,17 @@ def _load_weights(source: ModelSource, task: str, trust_remote_code: bool) -> to
     check_loading_info(source, info)
     if source.kind == "gguf":
         model = _plain_copy(cls, model)
-    return model.float().eval()
+    return traceable_experts(model).float().eval()
+
+
+def traceable_experts(model: Any) -> Any:
+    """Sparse MoE layers (Mixtral, Qwen3-MoE ...) switched to transformers' `batched_mm` experts:
+    the default `grouped_mm` / eager paths size their work from the routing (data-dependent shapes
+    no exporter traces); batched_mm gathers the chosen experts' weights per token, the same maths
+    with static shapes. The reference runs the same implementation as the export."""
+    if model._can_set_experts_implementation():
+        model.set_experts_implementation("batched_mm")
+    return model
 
 
 def _names(keys: Any, limit: int = 4) -> str:

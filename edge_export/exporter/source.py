@@ -182,3 +182,119 @@ def _gguf_source(given: str, path: Path) -> ModelSource:
             hint="check the file was fully downloaded, or pass the real model file",
         )
     return ModelSource(given, "gguf", path.parent, (path,), gguf_file=path)
+
+
+# llama.cpp's architecture names that transformers' GGUF loader renames before its own check
+_GGUF_ARCH_RENAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss",
+                      "minimax-m2": "minimax_m2", "t5encoder": "t5"}  # fmt: skip
+_UNKNOWN_TYPE = re.compile(r"(\d+)\)? is not a valid GGMLQuantizationType")
+
+
+def check_gguf_contents(source: ModelSource) -> None:
+    """Refuse, before transformers reads it, a GGUF file whose architecture transformers' GGUF loader
+    cannot read, or whose tensors are in a type it cannot dequantize: one InputError naming the
+    architecture or type and the way out, where transformers would fail deep in loading (or, for a
+    Mixtral-style llama, load a model with its experts missing)."""
+    if source.gguf_file is None:
+        return
+    try:
+        import gguf
+    except ImportError as exc:
+        raise MissingDependencyError("gguf", "loading .gguf models") from exc
+    try:
+        reader = gguf.GGUFReader(source.gguf_file)
+    except (ValueError, struct.error, IndexError, KeyError, OSError, UnicodeDecodeError) as exc:
+        unknown = _UNKNOWN_TYPE.search(str(exc))
+        if unknown:
+            raise InputError(
+                f"{source.given} stores a tensor in GGUF type id {unknown.group(1)}, which the installed "
+                "gguf package does not know",
+                hint="upgrade the gguf package, or re-quantize the model to a common type such as Q4_K_M "
+                "or Q8_0 with llama.cpp's llama-quantize",
+            ) from exc
+        raise InputError(
+            f"{source.given} is not a complete GGUF file ({exc})", hint="re-download it"
+        ) from exc
+    _check_gguf_architecture(source.given, reader)
+    _check_gguf_tensor_types(source.given, reader)
+
+
+def _gguf_field(reader: object, key: str) -> object:
+    """A scalar metadata value (str or number), or None when the file lacks it."""
+    field = reader.fields.get(key)  # type: ignore[attr-defined]
+    return None if field is None or not field.data else field.contents()
+
+
+def _readable_gguf_architectures() -> set[str] | None:
+    """`general.architecture` values transformers' GGUF loader reads; None when this transformers
+    does not say (the check is then left to it)."""
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:
+        return None
+    # its table also holds the "general" and "tokenizer" key groups, and "mistral", which no file
+    # names (llama.cpp writes Mistral as llama) and gguf has no tensor map for
+    readable = set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer", "mistral"}
+    readable |= {arch for arch, renamed in _GGUF_ARCH_RENAMES.items() if renamed in readable}
+    try:  # the second reader (qwen35, lfm2 ...); older transformers have none
+        from transformers.integrations.gguf import GGUF_CONFIG_ARCHS as second
+    except (ImportError, AttributeError):
+        second = {}
+    return readable | set(second)
+
+
+def _check_gguf_architecture(given: str, reader: object) -> None:
+    arch = _gguf_field(reader, "general.architecture")
+    if not isinstance(arch, str):
+        raise InputError(
+            f"{given} has no general.architecture in its GGUF metadata", hint="re-download or re-convert it"
+        )
+    readable = _readable_gguf_architectures()
+    if readable is not None and arch not in readable:
+        raise InputError(
+            f"{given} is a GGUF of architecture '{arch}', which transformers' GGUF loader cannot read "
+            f"(it reads: {', '.join(sorted(readable))})",
+            hint="export the original Hugging Face checkpoint (config.json + safetensors) instead",
+        )
+    experts = _gguf_field(reader, f"{arch}.expert_count")
+    if arch == "llama" and isinstance(experts, int) and experts > 0:
+        raise InputError(
+            f"{given} is a mixture-of-experts llama GGUF ({experts} experts, Mixtral-style), which "
+            "transformers' GGUF loader reads as a dense Llama without its experts",
+            hint="export the original Hugging Face checkpoint (config.json + safetensors) instead",
+        )
+
+
+def _dequantizable(qtype: object) -> bool:
+    """Whether gguf (what transformers dequantizes GGUF tensors with) decodes this tensor type."""
+    import gguf
+    import numpy as np
+
+    size = gguf.GGML_QUANT_SIZES.get(qtype)  # type: ignore[call-overload]
+    if size is None:
+        return False
+    try:
+        gguf.quants.dequantize(np.zeros((1, size[1]), np.uint8), qtype)  # type: ignore[arg-type]
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _check_gguf_tensor_types(given: str, reader: object) -> None:
+    import gguf
+
+    by_type: dict[str, list[str]] = {}
+    for tensor in reader.tensors:  # type: ignore[attr-defined]
+        if not _dequantizable(tensor.tensor_type):
+            by_type.setdefault(tensor.tensor_type.name, []).append(tensor.name)
+    if not by_type:
+        return
+    kind, names = next(iter(by_type.items()))
+    more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+    readable = ", ".join(t.name for t in gguf.GGMLQuantizationType if _dequantizable(t))
+    raise InputError(
+        f"{given} stores {len(names)} tensor(s) as GGUF type {kind} ({', '.join(names[:2])}{more}), "
+        f"which transformers cannot dequantize (it reads {readable})",
+        hint="re-quantize the model to a type it reads, such as Q4_K_M or Q8_0, with llama.cpp's "
+        "llama-quantize, or export the original safetensors checkpoint",
+    )

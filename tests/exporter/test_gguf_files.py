@@ -16,10 +16,14 @@ import pytest
 import torch
 import transformers
 from gguf_files import (
+    ARCHITECTURES,
     FILE_TYPES,
     VOCAB_SIZE,
     llama_tensor_names,
+    quantize,
     tiny_llama,
+    tiny_model,
+    write_tiny_gguf,
     write_tiny_llama_gguf,
 )
 
@@ -123,6 +127,58 @@ def test_every_tensor_type_dequantizes_to_the_written_values(tmp_path: Path, ten
         assert torch.equal(loaded[hf_name], torch.from_numpy(np.asarray(weights, np.float32))), gguf_name
 
 
+# ---- the other architectures and the K-quants ---------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_reads_back_as_the_written_model(tmp_path: Path, arch: str) -> None:
+    """F32: names, metadata and llama.cpp's value transforms (q/k permutation, Gemma's 1 + w norms,
+    GPT-2's transposes) all agree with transformers' loader, so the logits are the written model's."""
+    path = write_tiny_gguf(tmp_path / f"{arch}.gguf", arch)
+    model, info = _load(path, output_loading_info=True)
+    assert not any(info.values()), info
+    original = tiny_model(arch)
+    assert type(model) is type(original)
+    ids = IDS.clamp(max=original.config.vocab_size - 1)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, original(ids).logits)
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K"])
+def test_k_quant_encoders_round_trip_through_gguf(kind: str) -> None:
+    """gguf's own dequantize reads the numpy encoders' blocks back within one quantization step of
+    each sub-block (its range over the levels, plus the rounding of its 6/8-bit scale code)."""
+    qtype = gguf.GGMLQuantizationType[kind]
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((6, 512)) * rng.uniform(0.01, 3, (6, 1)) + rng.uniform(-1, 1, (6, 1))
+    data = data.astype(np.float32)
+    data[0, :32] = 0  # an all-zero sub-block
+    packed = quantize(data, qtype)
+    assert packed.dtype == np.uint8 and packed.shape == (6, 2 * gguf.GGML_QUANT_SIZES[qtype][1])
+    back = gguf.quants.dequantize(packed, qtype)
+    sub, levels, codes = {"Q4_K": (32, 15, 63), "Q5_K": (32, 31, 63), "Q6_K": (16, 63, 127)}[kind]
+    blocks = data.reshape(-1, 256 // sub, sub)
+    spread = blocks.max(-1) - np.minimum(blocks.min(-1), 0) if kind != "Q6_K" else 2 * np.abs(blocks).max(-1)
+    step = spread / levels + spread.max(-1, keepdims=True) / levels / codes
+    error = np.abs(back - data).reshape(blocks.shape).max(-1)
+    assert (error <= step * 1.01 + 1e-7).all()
+    assert np.abs(back - data).max() > 0  # really quantized
+    assert (back.reshape(blocks.shape)[0, 0] == 0).all()
+
+
+def test_k_quant_mix_and_fallback(tmp_path: Path) -> None:
+    """Q4_K_M as llama-quantize lays it out: Q4_K, with output and the last layer's attn_v / ffn_down
+    in Q6_K; at 64 wide no row holds a 256-value block, so Q4_K falls back to Q5_0."""
+    path = write_tiny_gguf(tmp_path / "mix.gguf", "llama", tensor_type="Q4_K_M")
+    stored = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    six = {"output.weight", "blk.1.attn_v.weight", "blk.1.ffn_down.weight"}
+    assert {n for n, t in stored.items() if t == "Q6_K"} == six
+    assert {t for n, t in stored.items() if n not in six} == {"Q4_K", "F32"}
+    narrow = write_tiny_llama_gguf(tmp_path / "narrow.gguf", tensor_type="Q4_K_M")
+    narrow_types = {t.tensor_type.name for t in gguf.GGUFReader(narrow).tensors}
+    assert narrow_types == {"Q5_0", "Q8_0", "F32"}
+
+
 # ---- the tokenizer -----------------------------------------------------------------------------
 
 
@@ -175,7 +231,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot drop"):
         write_tiny_llama_gguf(tmp_path / "x.gguf", drop_tensors=("blk.9.attn_q.weight",))
     with pytest.raises(ValueError, match="tensor_type"):
-        write_tiny_llama_gguf(tmp_path / "x.gguf", tensor_type="Q4_K")
+        write_tiny_llama_gguf(tmp_path / "x.gguf", tensor_type="IQ2_XS")
     with pytest.raises(ValueError, match="vocab_size"):
         write_tiny_llama_gguf(tmp_path / "x.gguf", model=transformers.LlamaForCausalLM(
             transformers.LlamaConfig(vocab_size=32, hidden_size=64, intermediate_size=128,
