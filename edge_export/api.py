@@ -39,6 +39,13 @@ def bench(
     return bench_bundle(bundle, devices, lat, inventory)
 
 
+def families_info() -> list[dict[str, Any]]:
+    """Every supported model type with its family, tasks, and per target "yes" or why it cannot."""
+    from edge_export.targets.registry import family_table
+
+    return family_table()
+
+
 def targets_info() -> list[dict[str, Any]]:
     """Every target with its recipes and whether its extra is installed."""
     from edge_export.targets.registry import catalog

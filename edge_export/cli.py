@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     _latency_flags(ben)
     _common(ben)
     tgt = sub.add_parser("targets", help="targets, recipes, and whether each is installed")
+    tgt.add_argument("--families", action="store_true",
+                     help="which model family (model_type) each target exports, and why not where it cannot")  # fmt: skip
     _common(tgt)
     dev = sub.add_parser("devices", help="known devices, their facts and runtimes")
     dev.add_argument("--check", action="store_true", help="ask each device for its facts and runtimes")
@@ -175,10 +177,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     from edge_export import api
     from edge_export.report.progress import Progress
     from edge_export.report.result import failure_lines
-    from edge_export.report.table import emit, print_devices, print_targets
+    from edge_export.report.table import emit, print_devices, print_families, print_targets
 
     if args.command == "targets":
-        print_targets(api.targets_info(), args.json)
+        if args.families:
+            print_families(api.families_info(), args.json)
+        else:
+            print_targets(api.targets_info(), args.json)
         return 0
     if args.command == "devices":
         info = api.devices_info(check=args.check, inventory=_inventory(args))

@@ -97,22 +97,44 @@ def make_encoder(folder: Path, model_type: str, task: str, tokenizer_from: Path 
     return _save(auto.from_config(config).eval(), folder, tokenizer_from)
 
 
+# Tiny configs of every decoder family (2 layers, hidden 64): what each family adds beyond llama is
+# switched on and made to matter at validation lengths (sliding windows of 32 under 64-token
+# prompts and a 512-token passage, soft-capping, learned positions, no-RoPE layers, routed experts).
+_DECODER_COMMON = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}  # fmt: skip
+_MOE = {"num_experts_per_tok": 2}
+DECODER_CONFIGS: dict[str, Any] = {
+    "llama": lambda t: t.LlamaConfig(tie_word_embeddings=True, **_DECODER_COMMON),
+    "qwen2": lambda t: t.Qwen2Config(**_DECODER_COMMON),
+    "mistral": lambda t: t.MistralConfig(sliding_window=None, **_DECODER_COMMON),
+    "phi3": lambda t: t.Phi3Config(pad_token_id=0, **_DECODER_COMMON),
+    "gemma": lambda t: t.GemmaConfig(head_dim=16, **_DECODER_COMMON),
+    "qwen3": lambda t: t.Qwen3Config(head_dim=16, **_DECODER_COMMON),
+    "gemma2": lambda t: t.Gemma2Config(head_dim=16, sliding_window=32, query_pre_attn_scalar=16,
+                                       attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                                       **_DECODER_COMMON),
+    "gemma3_text": lambda t: t.Gemma3TextConfig(head_dim=16, sliding_window=32, query_pre_attn_scalar=16,
+                                                layer_types=["sliding_attention", "full_attention"],
+                                                **_DECODER_COMMON),
+    "gpt2": lambda t: t.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=512),
+    "smollm3": lambda t: t.SmolLM3Config(pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                         no_rope_layers=[1, 0], **_DECODER_COMMON),
+    "mixtral": lambda t: t.MixtralConfig(num_local_experts=4, sliding_window=None, **_MOE, **_DECODER_COMMON),
+    "qwen2_moe": lambda t: t.Qwen2MoeConfig(num_experts=4, moe_intermediate_size=32,
+                                            shared_expert_intermediate_size=64, **_MOE, **_DECODER_COMMON),
+    "qwen3_moe": lambda t: t.Qwen3MoeConfig(num_experts=4, moe_intermediate_size=32, head_dim=16,
+                                            **_MOE, **_DECODER_COMMON),
+}  # fmt: skip
+
+
 def make_decoder(folder: Path, model_type: str) -> Path:
     """A tiny random decoder-only LM of `model_type` (no tokenizer: validation uses hashed ids)."""
     import transformers
 
     torch.manual_seed(0)
-    common = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}  # fmt: skip
-    configs = {
-        "llama": lambda: transformers.LlamaConfig(tie_word_embeddings=True, **common),
-        "qwen2": lambda: transformers.Qwen2Config(**common),
-        "mistral": lambda: transformers.MistralConfig(sliding_window=None, **common),
-        "phi3": lambda: transformers.Phi3Config(pad_token_id=0, **common),
-        "gemma": lambda: transformers.GemmaConfig(head_dim=16, **common),
-        "qwen3": lambda: transformers.Qwen3Config(head_dim=16, **common),
-    }
-    model = transformers.AutoModelForCausalLM.from_config(configs[model_type]()).eval()
+    config = DECODER_CONFIGS[model_type](transformers)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    assert model.config.model_type == model_type
     return _save(model, folder, None)
 
 

@@ -62,6 +62,11 @@ class PreparedModel:
     weights: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def model_type(self) -> str:
+        """The config's model_type (llama, gemma3_text, gpt2 ...): what family tables are keyed by."""
+        return str(getattr(self.hf_model.config, "model_type", "") or "")
+
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         """Example positional inputs for torch.export; sizes avoid 0/1 specialisation."""
         vocab = int(self.hf_model.config.vocab_size)

@@ -6,12 +6,14 @@ from typing import Any
 
 from edge_export.errors import ConfigError, InputError
 
-TASKS = ("feature-extraction", "text-classification", "fill-mask", "text-generation")
+TASKS = ("feature-extraction", "text-classification", "token-classification", "fill-mask", "text-generation")
 
 _SUFFIX_TO_TASK = (
     ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),  # GPT2LMHeadModel, GPTJ ...
     ("ForMaskedLM", "fill-mask"),
     ("ForSequenceClassification", "text-classification"),
+    ("ForTokenClassification", "token-classification"),
     ("Model", "feature-extraction"),
 )
 
@@ -43,6 +45,7 @@ def auto_class(task: str) -> Any:
     return {
         "feature-extraction": transformers.AutoModel,
         "text-classification": transformers.AutoModelForSequenceClassification,
+        "token-classification": transformers.AutoModelForTokenClassification,
         "fill-mask": transformers.AutoModelForMaskedLM,
         "text-generation": transformers.AutoModelForCausalLM,
     }[task]

@@ -104,6 +104,36 @@ def print_targets(info: list[dict[str, Any]], as_json: bool) -> None:
             print(f"  {recipe['id']:<24} {recipe['precision']:<5} {recipe['description']}")
 
 
+def print_families(rows: list[dict[str, Any]], as_json: bool) -> None:
+    """`edge-export targets --families`: model type x target ("yes" or a numbered reason)."""
+    import json
+
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    targets = sorted({t for row in rows for t in row["targets"]})
+    reasons: list[str] = []
+    width = max(len(row["family"]) for row in rows)
+    print(f"{'model type':<13} {'family':<{width}} " + " ".join(f"{t:<10}" for t in targets) + " tasks")
+    for row in rows:
+        cells = []
+        for target in targets:
+            verdict = row["targets"][target]
+            if verdict != "yes":
+                if verdict not in reasons:
+                    reasons.append(verdict)
+                verdict = f"no ({reasons.index(verdict) + 1})"
+            cells.append(f"{verdict:<10}")
+        print(
+            f"{row['model_type']:<13} {row['family']:<{width}} "
+            + " ".join(cells)
+            + " "
+            + ", ".join(row["tasks"])
+        )
+    for number, reason in enumerate(reasons, 1):
+        print(f"({number}) {reason}")
+
+
 def _device_line(device: dict[str, Any]) -> str:
     if device.get("reachable") is False:
         return f"{device['name']} ({device['type']}): unreachable"

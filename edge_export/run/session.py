@@ -22,10 +22,12 @@ from edge_export.report.progress import Progress
 from edge_export.run.device_latency import latency_entry
 from edge_export.run.plan import PlannedRun, plan_runs
 from edge_export.targets.base import Target
+from edge_export.targets.registry import require_family
 from edge_export.validation.accuracy import Validator
 from edge_export.validation.cases import calibration_set, latency_inputs
 from edge_export.validation.drift import host_fingerprint
 from edge_export.validation.gates import evaluate, failure_message, resolve_thresholds
+from edge_export.validation.provenance import SourceWeights, check_provenance, source_parameters
 from edge_export.validation.tokenizer_check import check_bundle_tokenizer
 
 
@@ -52,6 +54,7 @@ class ExportRun:
         self.source: ModelSource | None = None
         self.model: PreparedModel | None = None
         self.validator: Validator | None = None
+        self._params: SourceWeights | None = None  # the source weights, for weight provenance
         self.calibration: CalibrationSet | None = None
         self.timings: dict[str, float] = {}
 
@@ -73,6 +76,7 @@ class ExportRun:
                 hint="add the model's tokenizer files to its folder, or leave out --data",
             )
         for run in self.plan:
+            require_family(run.target, model, run.recipe)
             run.target.check(model, run.recipe)
             if cfg.require_full_delegation:
                 run.target.check_full_delegation(model, run.recipe)
@@ -101,11 +105,15 @@ class ExportRun:
         if accuracy.get("measured_on"):  # what a later `validate` must reproduce to the last digit
             accuracy["fingerprint"] = host_fingerprint()
         texts = [*self.text.samples, self.text.passage]
-        check = check_bundle_tokenizer(self.model.tokenizer, path.parent, texts)
-        accuracy["tokenizer"] = check
-        if check["failure"]:
-            failures = [accuracy.get("failure"), f"{run.recipe.id}: {check['failure']}"]
-            accuracy["failure"] = "; ".join(f for f in failures if f)
+        accuracy["tokenizer"] = check_bundle_tokenizer(self.model.tokenizer, path.parent, texts)
+        if self._params is None:
+            self._params = source_parameters(self.model)
+        stored = run.target.stored_weights(path)
+        accuracy["provenance"] = check_provenance(self._params, stored, run.recipe.precision)
+        for check in (accuracy["tokenizer"], accuracy["provenance"]):
+            if check["failure"]:
+                failures = [accuracy.get("failure"), f"{run.recipe.id}: {check['failure']}"]
+                accuracy["failure"] = "; ".join(f for f in failures if f)
         return accuracy
 
     def artifact_accuracy(self, run: PlannedRun, path: Path, manifest: dict[str, Any]) -> dict[str, Any]:

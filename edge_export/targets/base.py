@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, get_args, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, get_args, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -22,6 +22,7 @@ from edge_export.exporter.prepared import Runnable
 
 if TYPE_CHECKING:
     from edge_export.exporter.prepared import CalibrationSet, PreparedModel
+    from edge_export.validation.provenance import StoredTensor
 
 __all__ = [
     "PRECISIONS",
@@ -233,6 +234,13 @@ class Target(Protocol):
         """Operators, residency and sizes of an artifact (`details`: what export recorded)."""
         ...
 
+    unsupported_families: Mapping[str, str]
+
+    def stored_weights(self, path: Path) -> list[StoredTensor] | None:
+        """Every constant tensor the artifact stores, read back from the file itself, for the weight
+        provenance check (validation/provenance.py); None where the target cannot read them yet."""
+        ...
+
     def check_full_delegation(self, model: PreparedModel, recipe: Recipe) -> None:
         """--require-full-delegation pre-flight: raise ConfigError when this recipe can never run
         entirely inside the accelerator delegate for this model (TargetBase: nothing to refuse)."""
@@ -250,8 +258,16 @@ class Target(Protocol):
 class TargetBase:
     """Neutral defaults for the optional members of the Target protocol; built-in targets inherit it."""
 
+    # model types (families/*.py MODEL_TYPES) this target cannot express, each with the reason: the
+    # one table that both refuses them before any work and `edge-export targets --families` prints
+    unsupported_families: ClassVar[Mapping[str, str]] = MappingProxyType({})
+
     def check_full_delegation(self, model: PreparedModel, recipe: Recipe) -> None:
         """No delegate that could be partial: nothing to refuse up front."""
+        return None
+
+    def stored_weights(self, path: Path) -> list[StoredTensor] | None:
+        """Not read back yet: the provenance record says so instead of passing silently."""
         return None
 
     def host_estimate(

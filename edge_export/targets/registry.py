@@ -11,9 +11,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
 from edge_export.errors import ConfigError
 from edge_export.targets.base import PRECISIONS, Recipe, Target
+
+if TYPE_CHECKING:
+    from edge_export.exporter.prepared import PreparedModel
 
 
 def _builtin_factories() -> dict[str, Callable[[], Target]]:
@@ -88,6 +92,33 @@ def get_recipe(recipe_id: str) -> Recipe:
             hint=f"{hint}valid recipes: {', '.join(sorted(recipes))}",
         )
     return recipes[recipe_id]
+
+
+def require_family(target: Target, model: PreparedModel, recipe: Recipe) -> None:
+    """ConfigError (exit 2) when the target's family table says it cannot express this model type."""
+    reason = getattr(target, "unsupported_families", {}).get(model.model_type)
+    if reason:
+        able = [t.name for t in catalog().values() if model.model_type not in t.unsupported_families]
+        raise ConfigError(
+            f"{recipe.id}: {target.name} cannot export '{model.model_type}' models: {reason}",
+            hint=f"targets that can: {', '.join(able) or 'none'} (edge-export targets --families)",
+        )
+
+
+def family_table() -> list[dict[str, Any]]:
+    """One row per supported model type: its family, tasks, and per target "yes" or the reason it
+    cannot (the same tables `require_family` enforces)."""
+    from edge_export.exporter.families import all_families
+
+    rows = []
+    for family in all_families():
+        for model_type in family.model_types:
+            support = {
+                name: target.unsupported_families.get(model_type, "yes") for name, target in catalog().items()
+            }
+            rows.append({"model_type": model_type, "family": family.name,
+                         "tasks": list(family.tasks), "targets": support})  # fmt: skip
+    return rows
 
 
 def recipe_for_precision(target: Target, precision: str) -> Recipe:

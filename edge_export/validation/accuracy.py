@@ -60,6 +60,7 @@ def _row_metrics(case: Case, ref: np.ndarray, candidate: np.ndarray) -> dict[str
         "max_abs_error": m.max_abs_error(ref, cand, valid),
         "sqnr_db": m.sqnr_db(ref, cand, valid),
         "cosine_min": float(m.row_cosines(ref, cand, valid).min()),
+        "norm_ratio_dev": m.norm_ratio_dev(ref, cand, valid),
     }
 
 
@@ -159,7 +160,12 @@ class Validator:
         """Every metric that applies to the model's task, plus per-case numbers."""
         primary = self.model.io.primary_output
         per_case: dict[str, dict[str, float]] = {}
-        agg: dict[str, list[float]] = {"max_abs_error": [], "sqnr_db": [], "cosine_min": []}
+        agg: dict[str, list[float]] = {
+            "max_abs_error": [],
+            "sqnr_db": [],
+            "cosine_min": [],
+            "norm_ratio_dev": [],
+        }
         task_values: list[float] = []
         triples, skipped = self._case_outputs(candidate)
         others: dict[str, dict[str, float]] = {}
@@ -181,6 +187,7 @@ class Validator:
             "max_abs_error": max(agg["max_abs_error"]),
             "sqnr_db": min(agg["sqnr_db"]),
             "cosine_min": min(agg["cosine_min"]),
+            "norm_ratio_dev": max(agg["norm_ratio_dev"]),
         }
         task_metric = self._task_metric_name()
         if task_metric:
@@ -201,6 +208,7 @@ class Validator:
         return {
             "feature-extraction": "embedding_cosine_min",
             "text-classification": "top1_agreement",
+            "token-classification": "top1_agreement",
             "fill-mask": "top1_agreement",
         }.get(self.model.task)
 
@@ -218,6 +226,8 @@ class Validator:
             return m.top1_agreement(ref_out["logits"], cand_out["logits"], case.masked_positions)
         if task == "text-classification":
             return m.top1_agreement(ref_out["logits"], cand_out["logits"])
+        if task == "token-classification":  # per-token labels, padding excluded
+            return m.top1_agreement(ref_out["logits"], cand_out["logits"], case.valid)
         return float("nan")
 
     def _lm_compare(self, candidate: Runnable) -> tuple[dict[str, float], dict[str, Any]]:
@@ -237,6 +247,7 @@ class Validator:
         metrics = {
             "next_token_agreement": agreement,
             "perplexity_delta_pct": delta,
+            "perplexity_drop_pct": max(0.0, -delta),
             "generation_match": match / max(1, len(ref["generated"])),
         }
         details = {

@@ -32,7 +32,8 @@ class Family:
     build: FamilyBuilder
 
 
-def _families() -> list[Family]:
+def all_families() -> list[Family]:
+    """Every family, encoders first."""
     from edge_export.exporter.families import decoder, encoder
 
     return [encoder.FAMILY, decoder.FAMILY]
@@ -40,10 +41,10 @@ def _families() -> list[Family]:
 
 def family_for(model_type: str) -> Family:
     """The family that exports `model_type`, or an InputError listing the supported ones."""
-    for family in _families():
+    for family in all_families():
         if model_type in family.model_types:
             return family
-    supported = "; ".join(f"{f.name}: {', '.join(f.model_types)}" for f in _families())
+    supported = "; ".join(f"{f.name}: {', '.join(f.model_types)}" for f in all_families())
     raise InputError(
         f"unsupported architecture '{model_type}'",
         hint=f"supported model types are {supported}",

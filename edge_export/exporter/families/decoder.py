@@ -1,4 +1,5 @@
-"""Llama-like decoder-only LMs (Llama, Mistral, Qwen2/3, Phi-3, Gemma ...) with a KV cache.
+"""Decoder-only LMs with a KV cache, through transformers' own modeling code and cache classes:
+Llama, Mistral, Qwen2/3, Phi-3, Gemma 1/2/3, GPT-2, SmolLM3, and sparse MoE (Mixtral, Qwen-MoE).
 
 Graph inputs follow the convention ONNX Runtime GenAI and Optimum use: input_ids, attention_mask
 (past + current), position_ids, past_key_values.{i}.key/value [batch, kv_heads, past, head_dim];
@@ -15,7 +16,8 @@ from torch import nn
 from edge_export.exporter.families import Family
 from edge_export.exporter.iospec import IOSpec, TensorSpec
 
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
+               "gpt2", "smollm3", "mixtral", "qwen2_moe", "qwen3_moe")  # fmt: skip
 TASKS = ("text-generation",)
 
 
@@ -36,7 +38,10 @@ class CausalLMWithPast(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        # full-length layers for every attention type: a sliding-window layer would crop its
+        # present to the window, breaking the past/present contract; the model's own mask code
+        # still applies the window (Gemma 2/3, Mistral) from the config
+        cache = DynamicCache()
         for layer in range(self.num_layers):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
         out = self.model(
@@ -86,4 +91,4 @@ def build(hf_model: nn.Module, task: str, extras: dict[str, Any]) -> tuple[nn.Mo
     return CausalLMWithPast(hf_model, geo["num_layers"]), spec
 
 
-FAMILY = Family("llama-like decoder", MODEL_TYPES, TASKS, build)
+FAMILY = Family("decoder LM", MODEL_TYPES, TASKS, build)

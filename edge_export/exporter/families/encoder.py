@@ -1,8 +1,10 @@
-"""BERT-like encoders (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, MiniLM ...).
+"""BERT-like encoders (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA, CamemBERT, DeBERTa-v2/v3,
+ModernBERT, MiniLM ...).
 
 Inputs: input_ids, attention_mask (+ token_type_ids when the model uses segment ids), all with
 dynamic batch and sequence axes. Outputs per task: last_hidden_state (+ sentence_embedding when the
-folder is a sentence-transformers model), or logits.
+folder is a sentence-transformers model), or logits ([batch, labels] for text classification,
+[batch, sequence, labels] for token classification, [batch, sequence, vocab] for fill-mask).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from torch import nn
 from edge_export.exporter.families import Family
 from edge_export.exporter.iospec import IOSpec, TensorSpec
 
-MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert")
-TASKS = ("feature-extraction", "text-classification", "fill-mask")
+MODEL_TYPES = (
+    "bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "deberta-v2", "modernbert",
+)  # fmt: skip
+TASKS = ("feature-extraction", "text-classification", "token-classification", "fill-mask")
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
@@ -83,6 +87,9 @@ def build(hf_model: nn.Module, task: str, extras: dict[str, Any]) -> tuple[nn.Mo
         primary = "sentence_embedding" if pooling else "last_hidden_state"
     elif task == "text-classification":
         outputs = [TensorSpec("logits", "float32", ("batch", config.num_labels))]
+        primary = "logits"
+    elif task == "token-classification":
+        outputs = [TensorSpec("logits", "float32", ("batch", "sequence", config.num_labels))]
         primary = "logits"
     else:
         outputs = [TensorSpec("logits", "float32", ("batch", "sequence", config.vocab_size))]

@@ -31,8 +31,6 @@ from edge_export.targets.stages import (
 )
 
 _AUTO_BUCKETS = (16, 32, 64, 128, 256, 512)
-# Decoder families whose attention the stateful KV-cache wrapper drives (each has a tiny-model test).
-DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
 
 
 class CoremlTarget(TargetBase):
@@ -41,6 +39,7 @@ class CoremlTarget(TargetBase):
     name = "coreml"
     extra = "coreml"
     quantizes = "after-export"
+    # unsupported_families: none (TargetBase's empty table): every decoder family converts
 
     def __init__(self) -> None:
         self._scratch = Scratch("edge-export-coreml-")
@@ -66,10 +65,6 @@ class CoremlTarget(TargetBase):
             require_divisible(recipe, linears, "block_size")
         if "group_size" in recipe.options:
             self._check_palette(recipe, linears)
-        if model.io.kind == "decoder" and model.hf_model.config.model_type not in DECODER_TYPES:
-            raise ConfigError(f"{recipe.id}: the stateful Core ML LM wrapper does not handle "
-                              f"'{model.hf_model.config.model_type}' decoders",
-                              hint=f"coreml decoders: {', '.join(DECODER_TYPES)}; use onnx or executorch")  # fmt: skip
 
     @staticmethod
     def _check_lengths(model: PreparedModel, recipe: Recipe) -> None:

@@ -62,9 +62,16 @@ def _int8(cto: Any) -> Any:
                                               weight_threshold=_THRESHOLD)  # fmt: skip
 
 
-def _tables(consts: Mapping[str, tuple[int, ...]]) -> list[str]:
-    """The stateful LM's rotary cos/sin lookup tables (small; int4 on them is needless error)."""
-    return [name for name in consts if "cos_table" in name or "sin_table" in name]
+def _exact(consts: Mapping[str, tuple[int, ...]], model: PreparedModel) -> list[str]:
+    """What stays as converted: the stateful LM's rotary cos/sin lookup tables (small; int4 on them
+    is needless error) and MoE routers (fp32: quantized, they flip near-tied experts)."""
+    tables = [name for name in consts if "cos_table" in name or "sin_table" in name]
+    if model.io.kind != "decoder":
+        return tables
+    from edge_export.targets.coreml.decoder import is_router, router_keys
+
+    keys = router_keys(model.hf_model)
+    return tables + [name for name in consts if is_router(name, keys)]
 
 
 def _ungroupable(consts: Mapping[str, tuple[int, ...]], group: int, skip: Mapping[str, Any]) -> list[str]:
@@ -94,7 +101,7 @@ def compress(
             mlmodel, base, recipe, model, calibration
         )
     head = _head(spec, consts, recipe, model)
-    overrides = _overrides(recipe, consts, head, info)
+    overrides = _overrides(recipe, consts, head, info, _exact(consts, model))
     optimization = cto.coreml.OptimizationConfig(global_config=config, op_name_configs=overrides or None)
     compressed = _compress_weights(mlmodel, recipe, optimization, head, overrides, info)
     compressed.save(str(out))
@@ -129,10 +136,14 @@ def _head(
 
 
 def _overrides(
-    recipe: Recipe, consts: Mapping[str, tuple[int, ...]], head: str | None, info: dict[str, Any]
+    recipe: Recipe,
+    consts: Mapping[str, tuple[int, ...]],
+    head: str | None,
+    info: dict[str, Any],
+    exact: list[str],
 ) -> dict[str, Any]:
     """Const name -> the config that replaces the recipe's global one for it (None: stays fp16):
-    the head and int8_layers at int8, the rotary tables exact, ungroupable tensors on one palette.
+    the head and int8_layers at int8, `exact` (tables, routers) as converted, ungroupable tensors on one palette.
     What it chose is noted in `info`."""
     import coremltools.optimize as cto
 
@@ -146,7 +157,7 @@ def _overrides(
         if any(p.replace(".", "_").lower() in name.lower() for p in patterns) and name not in overrides:
             overrides[name] = _int8(cto)
             info.setdefault("int8_layers", []).append(name)
-    for name in _tables(consts):  # fp32-computed rotary tables: keep them exact
+    for name in exact:  # rotary tables and MoE routers: keep them as converted
         overrides[name] = None
     if recipe.name.startswith("palettize") and recipe.options["group_size"]:
         # coremltools silently leaves a tensor fp16 when its rows do not divide into groups (e.g.

@@ -17,6 +17,7 @@ fp32: computed in the program, fp16 loses ~0.1-0.3 rad of angle at positions in 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import Any
 
@@ -38,7 +39,13 @@ class _StaticCache:
         self.owner = owner
         self.start: Any = 0
         self.count: Any = 0
-        self.mask: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None  # bool [1, 1, n, max]: slot <= position
+        self.distance: torch.Tensor | None = None  # int [1, 1, n, max]: position - slot
+
+    def window_mask(self, window: int | None) -> torch.Tensor:
+        """The causal mask, narrowed to the last `window` positions (HF: kv > q - window) if set."""
+        assert self.mask is not None and self.distance is not None
+        return self.mask if not window else self.mask & (self.distance < int(window))
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_: Any, **__: Any):
         """Write this call's keys/values at start..start+count; return the layer's whole cache."""
@@ -57,36 +64,60 @@ class _StaticCache:
 
 def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                attention_mask: Any, scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:  # fmt: skip
-    """This call's queries over the whole static cache; returns [B, n, heads, dim]."""
+    """This call's queries over the whole static cache; returns [B, n, heads, dim].
+
+    The mask is the wrapper's causal mask over the cache, narrowed to the layer's sliding window
+    when it has one; logit soft-capping (`softcap`) takes the explicit path, as Core ML's fused
+    attention has no cap."""
     cache: _StaticCache = kwargs["coreml_cache"]
     key, value = key.to(query.dtype), value.to(query.dtype)
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: Core ML's sdpa wants equal head counts
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
-    # coremltools emits the fused iOS18 sdpa op only without an explicit scale
-    if scaling is not None and math.isclose(scaling, query.shape[-1] ** -0.5, rel_tol=1e-6):
-        scaling = None
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=cache.mask, scale=scaling
-    )
+    mask = cache.window_mask(kwargs.get("sliding_window") or getattr(module, "sliding_window", None))
+    default = query.shape[-1] ** -0.5
+    scaling = default if scaling is None else float(scaling)
+    softcap = kwargs.get("softcap")
+    if softcap:
+        scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+        scores = torch.tanh(scores / softcap) * softcap
+        scores = scores.masked_fill(~mask, torch.finfo(torch.float16).min)  # finite in fp16 too
+        out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(value.dtype), value)
+        return out.transpose(1, 2), None
+    # coremltools emits the fused iOS18 sdpa op only without an explicit scale: fold any other
+    # scale (Gemma's query_pre_attn_scalar, GPT-2's layer-index scaling) into the queries
+    if not math.isclose(scaling, default, rel_tol=1e-6):
+        query = query * (scaling / default)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
     return out.transpose(1, 2), None
 
 
 class _RopeTable(torch.nn.Module):
-    """cos/sin for positions 0..max-1 from the model's own rotary module, in fp32, looked up."""
+    """cos/sin for positions 0..max-1 from the model's own rotary module, in fp32, looked up.
+
+    A rotary module with per-layer-type parameters (Gemma3's local and global RoPE: `layer_type`
+    in its forward) gets one table per layer type."""
 
     def __init__(self, rotary: torch.nn.Module, max_len: int) -> None:
         super().__init__()
+        types = getattr(rotary, "layer_types", None)
+        takes_type = "layer_type" in inspect.signature(rotary.forward).parameters
+        self.layer_types: list[str | None] = list(types) if types and takes_type else [None]
+        positions = torch.arange(max_len)[None]
         with torch.no_grad():
-            cos, sin = rotary(torch.zeros(1, dtype=torch.float32), torch.arange(max_len)[None])
-        self.register_buffer("cos_table", cos[0].float().contiguous(), persistent=False)
-        self.register_buffer("sin_table", sin[0].float().contiguous(), persistent=False)
+            for i, layer_type in enumerate(self.layer_types):
+                extra = () if layer_type is None else (layer_type,)
+                cos, sin = rotary(torch.zeros(1, dtype=torch.float32), positions, *extra)
+                self.register_buffer(f"cos_table_{i}", cos[0].float().contiguous(), persistent=False)
+                self.register_buffer(f"sin_table_{i}", sin[0].float().contiguous(), persistent=False)
 
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, *_: Any, **__: Any):
-        """(cos, sin) for these positions, in x's dtype."""
-        cos = torch.nn.functional.embedding(position_ids, self.cos_table)
-        sin = torch.nn.functional.embedding(position_ids, self.sin_table)
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type: str | None = None,
+                *_: Any, **__: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """(cos, sin) for these positions (and this layer type), in x's dtype."""
+        i = self.layer_types.index(layer_type) if layer_type in self.layer_types else 0
+        cos = torch.nn.functional.embedding(position_ids, getattr(self, f"cos_table_{i}"))
+        sin = torch.nn.functional.embedding(position_ids, getattr(self, f"sin_table_{i}"))
         return cos.to(x.dtype), sin.to(x.dtype)
 
 
@@ -129,7 +160,8 @@ class StatefulLM(torch.nn.Module):
         torch._check(start + count <= self.max_seq_len)
         slots = torch.arange(self.max_seq_len, dtype=cache_position.dtype)
         self.cache.start, self.cache.count = start, count
-        self.cache.mask = (slots[None, :] <= cache_position[:, None])[None, None]  # bool [1, 1, n, max]
+        self.cache.distance = (cache_position[:, None] - slots[None, :])[None, None]
+        self.cache.mask = self.cache.distance >= 0
         out = self.model(input_ids=input_ids, position_ids=cache_position.unsqueeze(0),
                          past_key_values=self.cache, use_cache=True, coreml_cache=self.cache)  # fmt: skip
         return out.logits.float()
@@ -148,33 +180,77 @@ def _strip_runtime_asserts(program: torch.export.ExportedProgram) -> None:
 
 
 def export_decoder(wrapper: StatefulLM) -> torch.export.ExportedProgram:
-    """torch.export with a symbolic token count; core ATen except SDPA (kept whole for Core ML)."""
+    """torch.export with a symbolic token count; core ATen except SDPA and linear, kept whole.
+
+    SDPA becomes Core ML's fused attention. A decomposed linear with a bias (Qwen2's q/k/v) becomes
+    permute + addmm, whose weight reaches the package named after the permute ("permute_2"), so the
+    host estimate could not match it to its parameter; aten.linear keeps the parameter's name."""
     example = (torch.zeros((1, 5), dtype=torch.int32), torch.arange(5, dtype=torch.int32))
     seq = torch.export.Dim("sequence", min=1, max=wrapper.max_seq_len)
     with torch.no_grad():
         program = torch.export.export(wrapper, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
     table = torch.export.default_decompositions()
-    for op in [op for op in table if "scaled_dot_product" in str(op)]:
+    for op in [op for op in table if "scaled_dot_product" in str(op) or str(op) == "aten.linear.default"]:
         del table[op]
     program = program.run_decompositions(table)
     _strip_runtime_asserts(program)
     return program
 
 
-def convert_decoder(model: PreparedModel, recipe: Recipe, target: Any, precision: str) -> Any:
-    """The stateful ML Program, with what an app's generation loop needs in its metadata."""
+def router_keys(hf_model: torch.nn.Module) -> list[str]:
+    """Sparse-MoE router weights ([num_experts, hidden]), as MIL spells their names (estimate.torch_key)."""
+    from edge_export.targets.coreml.estimate import torch_key
+
+    conf = hf_model.config
+    experts = getattr(conf, "num_local_experts", None) or getattr(conf, "num_experts", None)
+    if not experts:
+        return []
+    shape = (int(experts), int(conf.hidden_size))
+    return [torch_key(n) for n, p in hf_model.named_parameters() if tuple(p.shape) == shape]
+
+
+def is_router(name: str, keys: list[str]) -> bool:
+    """Whether a MIL const name is one of these router weights."""
+    from edge_export.targets.coreml.estimate import match, mil_key
+
+    return bool(keys) and match(mil_key(name), keys) is not None
+
+
+def _precision(hf_model: torch.nn.Module, precision: str) -> Any:
+    """fp32, or fp16 except the MoE routers' linears: top-k routing is discrete, and fp16 router
+    weights flip near-tied experts (tiny Mixtral: cosine 0.9973 at one position; llama.cpp keeps
+    routers fp32 too)."""
     import coremltools as ct
 
-    max_len = int(recipe.options["max_seq_len"])
-    program = export_decoder(StatefulLM(model.hf_model, max_len))
-    mlmodel = ct.convert(
+    if precision == "fp32":
+        return ct.precision.FLOAT32
+    keys = router_keys(hf_model)
+    if not keys:
+        return ct.precision.FLOAT16
+    return ct.transform.FP16ComputePrecision(
+        op_selector=lambda op: not (op.op_type == "linear" and is_router(op.weight.name, keys))
+    )
+
+
+def convert_stateful(hf_model: torch.nn.Module, max_len: int, target: Any, precision: str) -> Any:
+    """An HF causal LM as a stateful ML Program (unsaved; nothing on Linux can load it)."""
+    import coremltools as ct
+
+    program = export_decoder(StatefulLM(hf_model, max_len))
+    return ct.convert(
         program,
         outputs=[ct.TensorType(name="logits", dtype=np.float32)],
         minimum_deployment_target=target,
         convert_to="mlprogram",
-        compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+        compute_precision=_precision(hf_model, precision),
         skip_model_load=True,
     )
+
+
+def convert_decoder(model: PreparedModel, recipe: Recipe, target: Any, precision: str) -> Any:
+    """The stateful ML Program, with what an app's generation loop needs in its metadata."""
+    max_len = int(recipe.options["max_seq_len"])
+    mlmodel = convert_stateful(model.hf_model, max_len, target, precision)
     meta = {"max_seq_len": max_len, "vocab_size": int(model.hf_model.config.vocab_size),
             "num_layers": int(model.hf_model.config.num_hidden_layers)}  # fmt: skip
     for key in ("bos_token_id", "eos_token_id"):

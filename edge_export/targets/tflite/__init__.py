@@ -24,8 +24,6 @@ from edge_export.targets.tflite.recipes import RECIPES
 
 _AUTO_BUCKETS = (16, 32, 64, 128, 256, 512)
 _AUTO_PREFILL = (8, 64)
-# Decoder families litert-torch's HF export handles (each checked by a tiny-model test).
-DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3")
 
 
 class TfliteTarget(TargetBase):
@@ -61,10 +59,6 @@ class TfliteTarget(TargetBase):
                 raise ConfigError(f"{recipe.id}: static activation quantization breaks decoders (SmolLM2 "
                                   "perplexity +19000% with int8, also with int16 MLP activations)",
                                   hint="use tflite:int8-dynamic or tflite:int4-block for LLMs")  # fmt: skip
-            if model.hf_model.config.model_type not in DECODER_TYPES:
-                raise ConfigError(f"{recipe.id}: litert-torch's LLM export does not handle "
-                                  f"'{model.hf_model.config.model_type}' decoders",
-                                  hint=f"tflite decoders: {', '.join(DECODER_TYPES)}; use onnx or executorch")  # fmt: skip
             if not 2 <= opts["max_seq_len"] <= limit:
                 raise ConfigError(f"{recipe.id}: max_seq_len {opts['max_seq_len']} is outside 2..{limit}",
                                   hint="use 0 for automatic or a length the model supports")  # fmt: skip

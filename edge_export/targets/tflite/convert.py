@@ -103,6 +103,10 @@ def _save_float_copy(model: PreparedModel, folder: Path) -> None:
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
     config.pop("quantization_config", None)
+    # litert-torch's cache reads num_key_value_heads, which configs without grouped-query
+    # attention (GPT-2: n_head only) do not carry: every head has its own keys/values there
+    if "num_key_value_heads" not in config:
+        config["num_key_value_heads"] = int(model.hf_model.config.num_attention_heads)
     config_path.write_text(json.dumps(config, indent=2))
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(folder)
@@ -133,6 +137,11 @@ def decoder(model: PreparedModel, max_seq_len: int, prefill_lengths: list[int], 
             bundle_litert_lm=False,
             keep_temporary_files=True,
             trust_remote_code=False,
+            # sparse MoE: transformers' batched_mm experts, as edge-export's own loader sets them
+            # (the default grouped_mm sizes its work from the routing: aten.histc, no lowering)
+            moe_exports_implementation=getattr(model.hf_model.config, "_experts_implementation", None)
+            if model.hf_model._can_set_experts_implementation()
+            else None,
             extra_kwargs={},
         )
         # Only the prefill/decode model: the tokenizer goes into the bundle from edge-export's
