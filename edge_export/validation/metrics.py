@@ -41,6 +41,18 @@ def row_cosines(ref: np.ndarray, cand: np.ndarray, valid: np.ndarray | None = No
     return np.where(both_zero, 1.0, dot / np.where(both_zero, 1.0, norms))
 
 
+def norm_ratio_dev(ref: np.ndarray, cand: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """Largest |norm(candidate row) / norm(reference row) - 1|: the scale a cosine cannot see (an
+    embedding x1.2 has cosine 1.0). Rows whose reference is all zeros count only when the candidate
+    is not (then the deviation is infinite)."""
+    r, c = _rows(ref, valid), _rows(cand, valid)
+    ref_norm, cand_norm = np.linalg.norm(r, axis=-1), np.linalg.norm(c, axis=-1)
+    zero = ref_norm == 0
+    dev = np.abs(cand_norm / np.where(zero, 1.0, ref_norm) - 1.0)
+    dev = np.where(zero, np.where(cand_norm == 0, 0.0, np.inf), dev)
+    return float(np.max(dev, initial=0.0))
+
+
 def top1_agreement(ref: np.ndarray, cand: np.ndarray, valid: np.ndarray | None = None) -> float:
     """Fraction of rows whose argmax is the same."""
     r, c = _rows(ref, valid), _rows(cand, valid)

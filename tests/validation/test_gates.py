@@ -45,3 +45,16 @@ def test_override_precedence() -> None:
 def test_unknown_metric_in_overrides_suggests_closest() -> None:
     with pytest.raises(ConfigError, match="did you mean 'cosine_min'"):
         check_override_keys({"*": {"cosin_min": 0.5}})
+
+
+def test_perplexity_is_gated_on_both_sides() -> None:
+    """A model that got "better" than its reference changed (issue 17): every precision gets a
+    lower bound from PRECISION_GATES unless the recipe sets its own, and overrides still win."""
+    fp32 = resolve_thresholds("onnx:fp32", "fp32", {"perplexity_delta_pct": 0.01}, {})
+    assert fp32["perplexity_drop_pct"] == 0.01
+    int4 = resolve_thresholds("x:int4", "int4", {}, {"x:int4": {"perplexity_drop_pct": 5.0}})
+    assert int4["perplexity_drop_pct"] == 5.0
+    scaled_cache = {"perplexity_delta_pct": -0.05, "perplexity_drop_pct": 0.05}
+    failed = [g.metric for g in evaluate(scaled_cache, fp32) if not g.passed]
+    assert failed == ["perplexity_drop_pct"]
+    assert all(g.passed for g in evaluate({"perplexity_delta_pct": 0.0, "perplexity_drop_pct": 0.0}, fp32))

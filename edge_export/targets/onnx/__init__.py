@@ -6,13 +6,16 @@ import importlib.util
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_export.errors import ConfigError, ExportError
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
 from edge_export.targets.base import Artifact, Recipe, Runnable, TargetBase
 from edge_export.targets.onnx.recipes import RECIPES
 from edge_export.targets.stages import Scratch
+
+if TYPE_CHECKING:
+    from edge_export.validation.provenance import StoredTensor
 
 
 class OnnxTarget(TargetBase):
@@ -115,6 +118,15 @@ class OnnxTarget(TargetBase):
         from edge_export.devices.agent.onnx_model import OnnxModel
 
         return OnnxModel(artifact_path)
+
+    def stored_weights(self, path: Path) -> list[StoredTensor]:
+        """Every initializer of the graph (external data included), as stored."""
+        import onnx
+        from edge_export.validation.provenance import StoredTensor
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(path)).graph
+        return [StoredTensor(i.name, numpy_helper.to_array(i)) for i in graph.initializer]
 
     def inspect(self, artifact_path: Path, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Operator histogram, weight bytes by dtype, opsets, file size."""
