@@ -165,3 +165,18 @@ def test_roberta_positions_at_the_longest_input(
     longer = torch.from_numpy(np.concatenate([ids[:1], ids[:1, :1]], axis=1))
     with pytest.raises((IndexError, RuntimeError), match="out of"):
         hf(input_ids=longer)
+
+
+def test_a_family_the_target_cannot_prove_is_refused_with_its_reason(
+    tiny_encoder: Callable[[str, str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DeBERTa on Core ML: the target's family table names why (exit 2, nothing written)."""
+    from conftest import run_cli
+
+    from edge_export.targets.registry import get_target
+
+    folder = tiny_encoder("deberta-v2", "token-classification")
+    code, _, err = run_cli(["export", folder, "--out", tmp_path / "out", "--recipe", "coreml:fp32"], capsys)
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert get_target("coreml").unsupported_families["deberta-v2"] in err
+    assert "targets that can: executorch, onnx, tflite" in err

@@ -15,7 +15,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from edge_export.errors import ConfigError, NotRunnableHere
 from edge_export.exporter.prepared import CalibrationSet, PreparedModel
@@ -39,7 +39,12 @@ class CoremlTarget(TargetBase):
     name = "coreml"
     extra = "coreml"
     quantizes = "after-export"
-    # unsupported_families: none (TargetBase's empty table): every decoder family converts
+    # every decoder family converts; DeBERTa converts too, but its package cannot be proven here
+    unsupported_families: ClassVar[Mapping[str, str]] = {
+        "deberta-v2": "Core ML folds DeBERTa's relative-position embeddings (a LayerNorm over a "
+        "constant) into new constants, so the Linux host estimate cannot read its weights back "
+        "and nothing could validate the package",
+    }
 
     def __init__(self) -> None:
         self._scratch = Scratch("edge-export-coreml-")

@@ -72,6 +72,7 @@ def load_weights(module: torch.nn.Module, weights: Mapping[str, np.ndarray]) -> 
                 continue
             target.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(target.dtype))
             loaded[id(target)] = name
+    unmatched = _match_by_content(module, {n: weights[n] for n in unmatched}, loaded)
     absent, identity = [], []
     with torch.no_grad():
         for fqn, param in module.named_parameters():
@@ -89,6 +90,42 @@ def load_weights(module: torch.nn.Module, weights: Mapping[str, np.ndarray]) -> 
         "parameters_not_in_package": absent[:20],
         "identity_parameters": identity[:20],
     }
+
+
+def _orientations(array: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """`array` as is and transposed (2-D), each only if it has `shape` (square: both)."""
+    views = [array, array.T] if array.ndim == 2 else [array]
+    return [v for v in views if tuple(v.shape) == shape]
+
+
+def _match_by_content(
+    module: torch.nn.Module, weights: Mapping[str, np.ndarray], loaded: dict[int, str]
+) -> list[str]:
+    """Package weights whose names the converter replaced (a folded constant such as Gemma's
+    `1 + weight` norm scale, "add_54_to_fp16"; a transposed Conv1D, "transpose_0_..."), matched to
+    the parameters still missing by their values: the closest of the same shape, as stored or as
+    1 + w, within 10% relative error (the coarsest compression's noise is under that; unrelated
+    tensors of a random model differ by ~140%). Returns the weights still unmatched."""
+    remaining = dict(weights)
+    with torch.no_grad():
+        for param in module.parameters():
+            if id(param) in loaded or not remaining:
+                continue
+            ref = param.detach().double().numpy()
+            best: tuple[float, str, np.ndarray] | None = None
+            for name, array in remaining.items():
+                for view, offset in (
+                    (v, o) for v in _orientations(array, tuple(param.shape)) for o in (0.0, 1.0)
+                ):
+                    goal = ref + offset
+                    error = float(np.linalg.norm(view - goal) / max(np.linalg.norm(goal), 1e-12))
+                    if best is None or error < best[0]:
+                        best = (error, name, view - offset)
+            if best is not None and best[0] < 0.1:
+                param.copy_(torch.from_numpy(np.ascontiguousarray(best[2])).to(param.dtype))
+                loaded[id(param)] = best[1]
+                del remaining[best[1]]
+    return list(remaining)
 
 
 class HostEstimate(TorchRunnable):
