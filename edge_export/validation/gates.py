@@ -22,8 +22,8 @@ METRICS: dict[str, tuple[bool, str]] = {
     "cosine_min": (True, "lowest cosine similarity of any output row (token or sample)"),
     "norm_ratio_dev": (
         False,
-        "largest |norm ratio - 1| of any primary output row against the reference: the scale "
-        "cosine gates cannot see",
+        "|norm ratio - 1| of the primary output against the reference over all valid rows: the "
+        "scale cosine gates cannot see (worst case over the cases)",
     ),
     "embedding_cosine_min": (True, "lowest cosine similarity of any sentence embedding"),
     "top1_agreement": (True, "fraction of predictions whose top-1 class/token matches"),
@@ -78,20 +78,28 @@ FP16_GATES = {"sqnr_db": 30.0, "cosine_min": 0.999, "embedding_cosine_min": 0.99
 
 # Static int8 activations (calibrated per-tensor scales) cost more than dynamic ones; every
 # target's static-activation recipe shares these thresholds. onnx:int8-static: MiniLM embedding
-# cosine min 0.929, sqnr 8.9 dB; SmolLM2 perplexity +7.7%, next-token agreement 0.845.
+# cosine min 0.929, sqnr 8.9 dB; SmolLM2 perplexity +7.7%, next-token agreement 0.845. Their SQNR
+# falls as low as int4's, so the scale bound is int4's.
 STATIC_INT8_GATES = {"sqnr_db": 6.0, "embedding_cosine_min": 0.9, "top1_agreement": 0.8,
-                     "next_token_agreement": 0.8, "perplexity_delta_pct": 15.0}  # fmt: skip
+                     "next_token_agreement": 0.8, "perplexity_delta_pct": 15.0,
+                     "norm_ratio_dev": 0.4}  # fmt: skip
 
 
 # Gates every recipe of a precision gets unless its own table sets them: the lower side of the
 # perplexity gate. Measured decreases: fp32 -0.00001%, coreml:fp16 -0.004%, the lowest of any
 # quantized recipe on SmolLM2 -0.17% (a block-wise int8 variant); a drop beyond these margins
 # means the model changed, not that quantization helped.
+# The scale check beside the cosine gates (`norm_ratio_dev`, the primary output's overall norm
+# against the reference's): quantization noise adds energy, so it grows as SQNR falls. Measured:
+# MiniLM (normalized embedding) 0.0 for every recipe; SmolLM2 logits onnx:fp16 < 0.002,
+# int8-dynamic 0.0087, int4-weight 0.152 (SQNR 6.4 dB; at the int4 SQNR floor of 4 dB uncorrelated
+# noise alone gives ~0.18). The bounds catch an embedding x1.2 at int8 and x1.5 at int4, which
+# passed every cosine and SQNR gate before (issue 17).
 PRECISION_GATES: dict[str, dict[str, float]] = {
-    "fp32": {"perplexity_drop_pct": 0.01},
-    "fp16": {"perplexity_drop_pct": 0.5},
-    "int8": {"perplexity_drop_pct": 1.0},
-    "int4": {"perplexity_drop_pct": 2.0},
+    "fp32": {"perplexity_drop_pct": 0.01, "norm_ratio_dev": 0.001},
+    "fp16": {"perplexity_drop_pct": 0.5, "norm_ratio_dev": 0.01},
+    "int8": {"perplexity_drop_pct": 1.0, "norm_ratio_dev": 0.1},
+    "int4": {"perplexity_drop_pct": 2.0, "norm_ratio_dev": 0.4},
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from edge_export.errors import ConfigError
@@ -58,3 +59,16 @@ def test_perplexity_is_gated_on_both_sides() -> None:
     failed = [g.metric for g in evaluate(scaled_cache, fp32) if not g.passed]
     assert failed == ["perplexity_drop_pct"]
     assert all(g.passed for g in evaluate({"perplexity_delta_pct": 0.0, "perplexity_drop_pct": 0.0}, fp32))
+
+
+def test_scale_is_gated_beside_cosine() -> None:
+    """An embedding x1.2 keeps cosine 1.0 (it passed int8 before, issue 17); its norm does not."""
+    from edge_export.validation.metrics import norm_ratio_dev, row_cosines
+
+    ref = np.random.default_rng(0).standard_normal((4, 16))
+    assert row_cosines(ref, 1.2 * ref).min() > 0.999999
+    int8 = resolve_thresholds("onnx:int8-dynamic", "int8", {}, {})
+    int4 = resolve_thresholds("onnx:int4-weight", "int4", {}, {})
+    assert [g.passed for g in evaluate({"norm_ratio_dev": norm_ratio_dev(ref, 1.2 * ref)}, int8)] == [False]
+    assert [g.passed for g in evaluate({"norm_ratio_dev": norm_ratio_dev(ref, 1.5 * ref)}, int4)] == [False]
+    assert norm_ratio_dev(ref, ref) == 0.0 and norm_ratio_dev(np.zeros(3), np.ones(3)) == float("inf")
