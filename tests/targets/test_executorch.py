@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, gate, load_report, make_decoder, make_encoder, metric, result_for, run_cli
+from conftest import (
+    DECODER_CONFIGS,
+    FAST,
+    gate,
+    load_report,
+    make_encoder,
+    metric,
+    result_for,
+    run_cli,
+)
 
 from edge_export.devices.agent.executorch_model import ExecutorchModel
 from edge_export.devices.agent.lm import greedy_generate, session_for
@@ -149,17 +158,40 @@ def test_tiny_llama_plain_attention_matches_custom_ops(tmp_path: Path, tiny_llam
     assert "llama::custom_sdpa" not in result["inspect"]["residency"]["fallback_by_op"]
 
 
-@pytest.mark.parametrize("model_type", ["qwen2", "mistral", "phi3", "gemma", "qwen3"])
-def test_tiny_decoder_families_executorch(tmp_path: Path, model_type: str) -> None:
-    folder = make_decoder(tmp_path / "model", model_type)
-    out = tmp_path / "out"
-    code, _, _ = run_cli(
-        ["export", folder, "--out", out, "--recipe", "executorch:xnnpack-fp32", "--no-latency"]
-    )
-    result = load_report(out)["results"][0]
-    assert code == 0, result["error"]
-    assert metric(result, "generation_match") == 1.0
-    assert metric(result, "max_abs_error") < 1e-3
+@pytest.mark.parametrize("custom_ops", [True, False], ids=["custom-sdpa", "plain-sdpa"])
+@pytest.mark.parametrize("model_type", sorted(DECODER_CONFIGS))
+def test_static_cache_lm_matches_the_model_past_the_window(model_type: str, custom_ops: bool) -> None:
+    """The static-cache module in eager mode (no export, milliseconds): a 40-token prefill then
+    8 decode steps against the model's own full forward. 48 tokens exceed the tiny configs' sliding
+    window of 32, so Gemma 2/3 local layers and Gemma 2 logit soft-capping must be honoured."""
+    import transformers
+
+    from edge_export.targets.executorch.llm import StaticCacheLM
+
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(DECODER_CONFIGS[model_type](transformers)).eval()
+    ids = torch.randint(0, 256, (1, 48))
+    with torch.no_grad():
+        reference = hf(ids).logits
+        lm = StaticCacheLM(hf, 64, custom_ops)
+        logits = [lm(ids[:, :40], torch.arange(40))]
+        logits += [lm(ids[:, p : p + 1], torch.tensor([p])) for p in range(40, 48)]
+    assert (torch.cat(logits, dim=1) - reference).abs().max().item() < 1e-5
+
+
+def test_gpt2_conv1d_layers_are_exported_as_linear_layers() -> None:
+    """GPT-2's Conv1D layers become nn.Linear in the static-cache module (the quantizers match
+    linear layers only: int8 / 8da4w had left GPT-2's body fp32); the reference keeps Conv1D."""
+    import transformers
+    from transformers.pytorch_utils import Conv1D
+
+    from edge_export.targets.executorch.llm import StaticCacheLM, conv1d_shapes
+
+    hf = transformers.AutoModelForCausalLM.from_config(DECODER_CONFIGS["gpt2"](transformers)).eval()
+    lm = StaticCacheLM(hf, 64, custom_ops=False)
+    linears = [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]
+    assert not any(isinstance(m, Conv1D) for m in lm.modules()) and len(linears) == 2 * 4 + 1
+    assert ("transformer.h.0.mlp.c_fc", (256, 64)) in conv1d_shapes(hf)  # [out, in], checked sizes
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,12 @@ class ExecutorchTarget(TargetBase):
                               hint="use 0 for automatic or a length the model supports")  # fmt: skip
         if backend_of(recipe) == "coreml" and importlib.util.find_spec("coremltools") is None:
             raise ConfigError(f"{recipe.id} needs coremltools", hint="install edge-export[coreml]")
-        linears = require_linear_layers(model, recipe, "executorch:xnnpack-fp32")
+        from edge_export.targets.executorch.llm import conv1d_shapes
+
+        # GPT-2's Conv1D layers become nn.Linear in the exported module (llm.conv1d_to_linear)
+        linears = require_linear_layers(model, recipe, "executorch:xnnpack-fp32") + conv1d_shapes(
+            model.hf_model
+        )
         if "group_size" in recipe.options:
             require_divisible(recipe, linears, "group_size")
 

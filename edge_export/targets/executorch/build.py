@@ -54,7 +54,9 @@ def module_for(model: PreparedModel, recipe: Recipe) -> ExportSpec:
 
 def decoder_io(model: PreparedModel, max_len: int) -> dict[str, Any]:
     """forward(input_ids [1, n], cache_position [n]) -> logits [1, n, vocab], static cache inside."""
-    vocab = int(model.hf_model.config.vocab_size)
+    from edge_export.targets.executorch.llm import text_config
+
+    vocab = int(text_config(model.hf_model).vocab_size)
     return {
         "kind": "decoder",
         "inputs": [

@@ -8,6 +8,9 @@ buffers of the program, so a loaded method keeps it between calls.
 With `custom_ops` the cache is updated by `llama::update_cache` and attention runs in
 `llama::custom_sdpa` (ExecuTorch's optimized CPU kernels, which only attend to the filled part of
 the cache); without it, plain aten ops attend over the whole static cache with a mask.
+Sliding-window layers (Mistral, Gemma 2/3 local layers) give custom_sdpa an additive window mask
+over the whole cache; soft-capped attention (Gemma 2) always takes the plain path, since
+custom_sdpa has no soft-capping.
 """
 
 from __future__ import annotations
@@ -54,6 +57,16 @@ class StaticKVCache:
             v_cache.index_copy_(2, self.positions, value)
         return k_cache, v_cache
 
+    def allowed(self, window: int | None = None) -> torch.Tensor:
+        """Bool [n, max_len]: which cache slots each query of this call attends to (causal, and
+        within `window` tokens back when given: kv > q - window, as transformers' sliding mask)."""
+        slots = torch.arange(self.max_len, device=self.positions.device)[None, :]
+        query = self.positions[:, None]
+        allowed = slots <= query
+        if window is not None:
+            allowed = allowed & (query - slots < window)
+        return allowed
+
     def get_seq_length(self, layer_idx: int = 0) -> Any:
         """Tokens before this call (transformers asks when position_ids are missing)."""
         return self.start_pos
@@ -61,23 +74,50 @@ class StaticKVCache:
 
 def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                attention_mask: Any, scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:  # fmt: skip
-    """Causal attention of this call's queries over the static cache; returns [B, n, heads, dim]."""
+    """Causal attention of this call's queries over the static cache; returns [B, n, heads, dim].
+
+    `attention_mask` (built by the model for its own cache) is ignored: the mask comes from the
+    cache positions, plus the layer's `sliding_window` (Mistral, Gemma 2/3 local layers) and
+    `softcap` (Gemma 2 attention logit soft-capping) that transformers passes to every attention
+    function. llama::custom_sdpa takes a window as an additive mask but has no soft-capping, so
+    soft-capped layers run in plain aten ops."""
     cache: StaticKVCache = kwargs["edge_export_cache"]
-    if cache.custom_ops:
+    window = kwargs.get("sliding_window")
+    window = int(window) if window and int(window) < cache.max_len else None  # wider: never binds
+    softcap = kwargs.get("softcap")
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if cache.custom_ops and not softcap:
+        mask = None
+        if window is not None:
+            mask = torch.where(cache.allowed(window), 0.0, torch.finfo(torch.float32).min)
         out = torch.ops.llama.custom_sdpa(
-            query.transpose(1, 2), key, value, cache.start_pos, None, 0.0, True, scaling
+            query.transpose(1, 2), key, value, cache.start_pos, mask, 0.0, mask is None, scaling
         )
         return out, None
-    slots = torch.arange(cache.max_len, device=query.device)
-    allowed = slots[None, :] <= cache.positions[:, None]  # [n, max_len]
+    if cache.custom_ops:  # [1, max_len, kv_heads, dim] -> [1, kv_heads, max_len, dim]
+        key, value = key.transpose(1, 2), value.transpose(1, 2)
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
+    allowed = cache.allowed(window)
+    if softcap:
+        return _softcapped_attention(query, key, value, allowed, scaling, float(softcap)), None
     out = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=allowed, scale=scaling
     )
     return out.transpose(1, 2), None
+
+
+def _softcapped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor,
+                          scaling: float, softcap: float) -> torch.Tensor:  # fmt: skip
+    """Attention with logits soft-capped as softcap * tanh(logits / softcap) before the mask (the
+    order of transformers' eager Gemma 2 attention); returns [B, n, heads, dim]."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).transpose(1, 2)
 
 
 def _register_attention() -> None:
@@ -96,7 +136,8 @@ class StaticCacheLM(torch.nn.Module):
         _register_attention()
         self.model = copy.deepcopy(hf_model).eval()
         self.model.config._attn_implementation = ATTENTION_NAME
-        conf = self.model.config
+        conv1d_to_linear(self.model)
+        conf = text_config(self.model)
         heads = int(conf.num_attention_heads)
         head_dim = int(getattr(conf, "head_dim", None) or conf.hidden_size // heads)
         kv_heads = int(getattr(conf, "num_key_value_heads", None) or heads)
@@ -131,9 +172,47 @@ class StaticCacheLM(torch.nn.Module):
         return {1: seq}, {0: seq}
 
 
+def _conv1d_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str, Any]]:
+    """(qualified name, parent, attribute, module) of every transformers Conv1D (GPT-2's layers)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return [
+        (f"{prefix}.{name}".lstrip("."), parent, name, child)
+        for prefix, parent in model.named_modules()
+        for name, child in parent.named_children()
+        if isinstance(child, Conv1D)
+    ]
+
+
+def conv1d_to_linear(model: torch.nn.Module) -> int:
+    """In place: each transformers Conv1D (y = x @ W + b, W [in, out]) becomes the same nn.Linear
+    (weight W.T), so the quantizers, which match linear layers only (torchao 8da4w, XNNPACK's PT2E
+    int8), quantize GPT-2's body instead of leaving it fp32. Returns how many were replaced."""
+    found = _conv1d_modules(model)
+    for _, parent, name, conv in found:
+        weight = conv.weight.detach()
+        linear = torch.nn.Linear(weight.shape[0], weight.shape[1], bias=conv.bias is not None)
+        linear.weight = torch.nn.Parameter(weight.t().contiguous())
+        if conv.bias is not None:
+            linear.bias = torch.nn.Parameter(conv.bias.detach().clone())
+        setattr(parent, name, linear)
+    return len(found)
+
+
+def conv1d_shapes(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, linear-layout weight shape [out, in]) of every Conv1D, for the group-size checks."""
+    return [(qual, tuple(conv.weight.shape[::-1])) for qual, _, _, conv in _conv1d_modules(model)]
+
+
+def text_config(hf_model: torch.nn.Module) -> Any:
+    """The decoder's own config (the text part of a multimodal one; GPT-2's n_head and friends
+    answer to the standard names through the config's attribute map)."""
+    return hf_model.config.get_text_config(decoder=True)
+
+
 def runner_metadata(model: Any, max_seq_len: int, custom_ops: bool) -> dict[str, Any]:
     """The constant methods ExecuTorch's LLM runner reads from a .pte."""
-    conf = model.hf_model.config
+    conf = text_config(model.hf_model)
     extras = model.io.extras
     eos = extras.get("eos_token_id")
     eos_ids = [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
