@@ -19,6 +19,8 @@ from edge_export.errors import ConfigError, ExportError
 from edge_export.quiet import native_stderr_captured, quiet
 
 if TYPE_CHECKING:
+    import torch
+
     from edge_export.targets.base import Recipe
 
 T = TypeVar("T")
@@ -110,3 +112,37 @@ class Scratch:
             self._dir = tempfile.TemporaryDirectory(prefix=self._prefix)
             interrupts.track(Path(self._dir.name))
         return Path(tempfile.mkdtemp(dir=self._dir.name))
+
+
+def _conv1d_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str, Any]]:
+    """(qualified name, parent, attribute, module) of every transformers Conv1D (GPT-2's layers)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return [
+        (f"{prefix}.{name}".lstrip("."), parent, name, child)
+        for prefix, parent in model.named_modules()
+        for name, child in parent.named_children()
+        if isinstance(child, Conv1D)
+    ]
+
+
+def conv1d_to_linear(model: torch.nn.Module) -> int:
+    """In place: each transformers Conv1D (y = x @ W + b, W [in, out]) becomes the same nn.Linear
+    (weight W.T), so the quantizers, which match linear layers only (torchao 8da4w, XNNPACK's PT2E
+    int8), quantize GPT-2's body instead of leaving it fp32. Returns how many were replaced."""
+    import torch
+
+    found = _conv1d_modules(model)
+    for _, parent, name, conv in found:
+        weight = conv.weight.detach()
+        linear = torch.nn.Linear(weight.shape[0], weight.shape[1], bias=conv.bias is not None)
+        linear.weight = torch.nn.Parameter(weight.t().contiguous())
+        if conv.bias is not None:
+            linear.bias = torch.nn.Parameter(conv.bias.detach().clone())
+        setattr(parent, name, linear)
+    return len(found)
+
+
+def conv1d_shapes(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, linear-layout weight shape [out, in]) of every Conv1D, for the group-size checks."""
+    return [(qual, tuple(conv.weight.shape[::-1])) for qual, _, _, conv in _conv1d_modules(model)]

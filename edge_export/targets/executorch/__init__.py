@@ -46,9 +46,9 @@ class ExecutorchTarget(TargetBase):
                               hint="use 0 for automatic or a length the model supports")  # fmt: skip
         if backend_of(recipe) == "coreml" and importlib.util.find_spec("coremltools") is None:
             raise ConfigError(f"{recipe.id} needs coremltools", hint="install edge-export[coreml]")
-        from edge_export.targets.executorch.llm import conv1d_shapes
+        from edge_export.targets.stages import conv1d_shapes
 
-        # GPT-2's Conv1D layers become nn.Linear in the exported module (llm.conv1d_to_linear)
+        # GPT-2's Conv1D layers become nn.Linear in the exported module (stages.conv1d_to_linear)
         linears = require_linear_layers(model, recipe, "executorch:xnnpack-fp32") + conv1d_shapes(
             model.hf_model
         )

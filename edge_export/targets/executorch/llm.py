@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from edge_export.targets.stages import conv1d_to_linear
+
 ATTENTION_NAME = "edge_export_static_cache"
 
 
@@ -170,38 +172,6 @@ class StaticCacheLM(torch.nn.Module):
         """Tokens per call from 1 to max_seq_len - 1."""
         seq = torch.export.Dim("sequence", min=1, max=self.max_seq_len - 1)
         return {1: seq}, {0: seq}
-
-
-def _conv1d_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str, Any]]:
-    """(qualified name, parent, attribute, module) of every transformers Conv1D (GPT-2's layers)."""
-    from transformers.pytorch_utils import Conv1D
-
-    return [
-        (f"{prefix}.{name}".lstrip("."), parent, name, child)
-        for prefix, parent in model.named_modules()
-        for name, child in parent.named_children()
-        if isinstance(child, Conv1D)
-    ]
-
-
-def conv1d_to_linear(model: torch.nn.Module) -> int:
-    """In place: each transformers Conv1D (y = x @ W + b, W [in, out]) becomes the same nn.Linear
-    (weight W.T), so the quantizers, which match linear layers only (torchao 8da4w, XNNPACK's PT2E
-    int8), quantize GPT-2's body instead of leaving it fp32. Returns how many were replaced."""
-    found = _conv1d_modules(model)
-    for _, parent, name, conv in found:
-        weight = conv.weight.detach()
-        linear = torch.nn.Linear(weight.shape[0], weight.shape[1], bias=conv.bias is not None)
-        linear.weight = torch.nn.Parameter(weight.t().contiguous())
-        if conv.bias is not None:
-            linear.bias = torch.nn.Parameter(conv.bias.detach().clone())
-        setattr(parent, name, linear)
-    return len(found)
-
-
-def conv1d_shapes(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, linear-layout weight shape [out, in]) of every Conv1D, for the group-size checks."""
-    return [(qual, tuple(conv.weight.shape[::-1])) for qual, _, _, conv in _conv1d_modules(model)]
 
 
 def text_config(hf_model: torch.nn.Module) -> Any:

@@ -37,6 +37,21 @@ def torch_to_onnx(model: PreparedModel, path: Path) -> str:
         return "dynamo"
 
 
+def _exportable(model: PreparedModel) -> Any:
+    """The wrapper to export: with GPT-2's Conv1D layers as the same nn.Linear (in a copy, the
+    reference keeps its own), since Conv1D exports as Gemm, which no ONNX Runtime weight quantizer
+    (MatMulInteger, MatMulNBits) takes: int8 / int4 silently left GPT-2's body fp32."""
+    import copy
+
+    from edge_export.targets.stages import conv1d_shapes, conv1d_to_linear
+
+    if not conv1d_shapes(model.module):
+        return model.module
+    module = copy.deepcopy(model.module)
+    conv1d_to_linear(module)
+    return module
+
+
 def _torchscript_export(model: PreparedModel, path: Path) -> None:
     import torch
 
@@ -46,7 +61,7 @@ def _torchscript_export(model: PreparedModel, path: Path) -> None:
     )
     with quiet(), torch.no_grad():
         torch.onnx.export(
-            model.module,
+            _exportable(model),
             model.example_inputs(),
             str(path),
             dynamo=False,
@@ -65,7 +80,7 @@ def _dynamo_export(model: PreparedModel, path: Path) -> None:
 
     with quiet(), torch.no_grad():
         torch.onnx.export(
-            model.module,
+            _exportable(model),
             model.example_inputs(),
             str(path),
             dynamo=True,
