@@ -53,6 +53,21 @@ def _index(stored: Sequence[StoredTensor]) -> dict[tuple[str, tuple[int, ...], s
     return index
 
 
+def _named(param: str, stored: Sequence[StoredTensor]) -> StoredTensor | None:
+    """The float tensor stored under the parameter's own name (exporters may prefix it with the
+    wrapper's attribute: "model.model.embed_tokens.weight"), if there is exactly one."""
+    hits = [
+        t for t in stored if t.array.dtype.kind == "f" and (t.name == param or t.name.endswith("." + param))
+    ]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _same(array: np.ndarray, form: np.ndarray) -> bool:
+    """Bit-equal, as stored or transposed (2-D)."""
+    views = [array, array.T] if array.ndim == 2 else [array]
+    return any(v.dtype == form.dtype and v.shape == form.shape and np.array_equal(v, form) for v in views)
+
+
 def _closest_difference(expected: np.ndarray, stored: Sequence[StoredTensor]) -> str | None:
     """For a parameter found nowhere: the largest change, relative to its largest value, against
     the float tensor of its shape (either orientation) nearest to the form the recipe should have
@@ -122,11 +137,16 @@ def check_provenance(
     differs: dict[str, str] = {}
     for name, value in params.items():
         forms = _candidates(value, precision, name in source.plus_one)
-        match = next((index[k] for k in map(_key, forms) if k in index), None)
+        named = _named(name, stored)
+        if named is not None:  # a tensor under the parameter's own name must hold it, not another
+            match = named.name if any(_same(named.array, f) for f in forms) else None
+        else:
+            match = next((index[k] for k in map(_key, forms) if k in index), None)
         if match is not None:
             found[name] = match
-        elif precision in FLOAT_RECIPES:
-            closest = [d for d in (_closest_difference(f, stored) for f in forms) if d]
+        elif precision in FLOAT_RECIPES or named is not None:
+            pool = [named] if named is not None else stored
+            closest = [d for d in (_closest_difference(f, pool) for f in forms) if d]
             differs[name] = min(closest, key=len) if closest else "no stored tensor of its shape"
     record: dict[str, Any] = {
         "checked": True,

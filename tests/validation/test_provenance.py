@@ -98,3 +98,30 @@ def test_fp16_sign_preserving_cast_is_exact() -> None:
     off_by_one = ort_style.copy()
     off_by_one[2] = np.nextafter(np.float16(0.25), np.float16(1))
     assert "w" in check_provenance({"w": value}, [StoredTensor("w", off_by_one)], "fp16")["mismatched"]
+
+
+def test_planted_layernorm_noise_in_an_int8_bundle_fails_validate(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0.5% noise on one LayerNorm weight of an int8 model stays inside every accuracy gate (issue 17);
+    the tensors the recipe leaves float must still be the source's, bit for bit."""
+    import onnx
+    from conftest import export_bundle
+    from onnx import numpy_helper
+
+    bundle = export_bundle(tmp_path_factory, tiny_bert, "onnx:int8-dynamic")
+    capsys.readouterr()  # the export's own table
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["validation"]["provenance"]["not_verified"]  # the quantized MatMul weights
+    model = onnx.load(str(bundle / "model.onnx"))
+    norm = next(i for i in model.graph.initializer if len(i.dims) == 1 and "LayerNorm.weight" in i.name)
+    values = numpy_helper.to_array(norm)
+    norm.CopyFrom(numpy_helper.from_array((values * 1.005).astype(np.float32), norm.name))
+    onnx.save(model, str(bundle / "model.onnx"))
+    write_manifest(bundle, {k: v for k, v in manifest.items() if k not in ("schema", "files")})
+    code, stdout, stderr = run_cli(
+        ["validate", bundle, "--json", "--iterations", "1", "--warmup", "0"], capsys
+    )
+    assert code == 1 and "weights in the artifact are not the source's" in stderr
+    changed = list(json.loads(stdout)["results"][0]["accuracy"]["provenance"]["mismatched"])
+    assert len(changed) == 1 and norm.name.endswith(changed[0]) and changed[0] in stderr
