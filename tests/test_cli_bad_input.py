@@ -140,14 +140,35 @@ def test_file_that_is_not_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_unsupported_architecture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import transformers
 
+    config = transformers.OPTConfig(hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2,
+                                    vocab_size=128, max_position_embeddings=64, word_embed_proj_dim=32)  # fmt: skip
+    folder = tmp_path / "opt"
+    transformers.OPTForCausalLM(config).save_pretrained(folder)
+    assert (folder / "model.safetensors").is_file()
+    line = _expect_usage_error([folder], tmp_path / "out", capsys, "unsupported architecture")
+    assert "'opt'" in line
+    assert "supported model types" in line
+    assert "bert" in line and "llama" in line and "gpt2" in line
+
+
+def test_a_short_context_decoder_measures_a_prompt_that_fits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GPT-2 with 64 learned positions: the default 64-token prompt + 32 decode steps ran past them
+    (ORT: "indices element out of data bounds, idx=64") and the export failed on the device (exit 4)."""
+    import json
+
+    import transformers
+
     config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=128, n_positions=64)
     folder = tmp_path / "gpt2"
     transformers.GPT2LMHeadModel(config).save_pretrained(folder)
-    assert (folder / "model.safetensors").is_file()
-    line = _expect_usage_error([folder], tmp_path / "out", capsys, "unsupported architecture")
-    assert "'gpt2'" in line
-    assert "supported model types" in line
-    assert "bert" in line and "llama" in line
+    out = tmp_path / "out"
+    argv = ["export", folder, "--out", out, "--recipe", "onnx:fp32", "--warmup", "0", "--iterations", "1"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    latency = json.loads((out / "report.json").read_text())["results"][0]["latency"]
+    assert latency["prompt_tokens"] == 32 and latency["decode_tokens_per_s"] > 0
 
 
 def test_uncached_hub_id_offline(

@@ -160,6 +160,9 @@ class ExportRun:
         lat = self.cfg.latency
         decoder = self.model.io.kind == "decoder"
         tokens = lat.prompt_tokens if decoder else lat.sequence_length
+        if decoder:  # the prompt and every decode step must fit the model's positions (GPT-2 style
+            # learned positions fail past them): a 64-position model measures a 32-token prompt
+            tokens = max(1, min(tokens, self.model.max_positions - lat.decode_tokens))
         inputs = latency_inputs(self.model, self.text, lat.batch_size, tokens)
         check = None
         if self.validator is not None and device.kind != "local":

@@ -83,12 +83,6 @@ def test_compressing_a_model_without_linear_layers_is_refused() -> None:
     CoremlTarget().check(model, get_recipe("coreml:fp16"))  # nothing to compress is fine uncompressed
 
 
-def test_decoder_family_outside_the_wrapper_is_refused() -> None:
-    model = _fake("decoder", torch.nn.Sequential(torch.nn.Linear(4, 4)), model_type="olmo")
-    with pytest.raises(ConfigError, match="does not handle 'olmo' decoders"):
-        CoremlTarget().check(model, get_recipe("coreml:fp16"))
-
-
 def test_deployment_target_is_raised_only_with_a_reason() -> None:
     encoder = _fake("encoder", torch.nn.Sequential(torch.nn.Linear(32, 32)))
     fp16 = resolve_options(get_recipe("coreml:fp16"), encoder)

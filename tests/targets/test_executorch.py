@@ -185,7 +185,8 @@ def test_gpt2_conv1d_layers_are_exported_as_linear_layers() -> None:
     import transformers
     from transformers.pytorch_utils import Conv1D
 
-    from edge_export.targets.executorch.llm import StaticCacheLM, conv1d_shapes
+    from edge_export.targets.executorch.llm import StaticCacheLM
+    from edge_export.targets.stages import conv1d_shapes
 
     hf = transformers.AutoModelForCausalLM.from_config(DECODER_CONFIGS["gpt2"](transformers)).eval()
     lm = StaticCacheLM(hf, 64, custom_ops=False)

@@ -274,27 +274,14 @@ def test_bad_buckets_and_unsupported_decoders_fail_before_export(
     code, _, err = run_cli(["export", tiny_bert, "--out", tmp_path / "c", "--recipe", "tflite:int8-static",
                             "--config", config], capsys)  # fmt: skip
     assert code == 2 and "calibration_samples must be >= 1, got 0" in err
-    gpt2 = tmp_path / "gpt2"
+    opt = tmp_path / "opt"
     import transformers
 
-    config_gpt2 = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=128, n_positions=64)
-    transformers.GPT2LMHeadModel(config_gpt2).save_pretrained(gpt2)
-    code, _, err = run_cli(["export", gpt2, "--out", tmp_path / "b", "--target", "tflite"], capsys)
-    assert code == 2 and "unsupported architecture 'gpt2'" in err and "Traceback" not in err
-
-
-def test_decoder_family_outside_litert_export_is_refused() -> None:
-    from types import SimpleNamespace
-
-    from edge_export.errors import ConfigError
-    from edge_export.targets.registry import get_recipe
-    from edge_export.targets.tflite import TfliteTarget
-
-    config = SimpleNamespace(model_type="olmo")
-    hf_model = SimpleNamespace(config=config, named_modules=lambda: iter(()))
-    model = SimpleNamespace(hf_model=hf_model, max_positions=512, io=SimpleNamespace(kind="decoder"))
-    with pytest.raises(ConfigError, match="does not handle 'olmo' decoders"):
-        TfliteTarget().check(model, get_recipe("tflite:fp32"))
+    config_opt = transformers.OPTConfig(hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2,
+                                        vocab_size=128, max_position_embeddings=64, word_embed_proj_dim=32)  # fmt: skip
+    transformers.OPTForCausalLM(config_opt).save_pretrained(opt)
+    code, _, err = run_cli(["export", opt, "--out", tmp_path / "b", "--target", "tflite"], capsys)
+    assert code == 2 and "unsupported architecture 'opt'" in err and "Traceback" not in err
 
 
 def test_quantizing_a_model_without_linear_layers_is_refused() -> None:
