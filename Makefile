@@ -6,8 +6,9 @@ MODEL ?= minilm
 OUT ?= out/$(MODEL)
 
 # Debian packages the device-runner tests use for real: sshd (SSH/apple runners), the adb client
-# (Android runner, against the stand-in in tests/), qemu-user (the aarch64 "Pi stand-in").
-SYSTEM_PACKAGES := openssh-server adb qemu-user-static
+# (Android runner, against the stand-in in tests/), qemu-user (the aarch64 "Pi stand-in"),
+# PostgreSQL (the device lab's shared results store) and Chromium (renders the lab's HTML report).
+SYSTEM_PACKAGES := openssh-server adb qemu-user-static postgresql chromium
 
 .PHONY: setup system-packages demo test lint clean
 
