@@ -52,6 +52,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edge-export", description="Export Hugging Face models to validated edge bundles.")
     parser.add_argument("--version", action="version", version=f"edge-export {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _export_parser(sub)
+    val = sub.add_parser("validate", help="re-check a bundle (accuracy + latency)")
+    val.add_argument("bundle", type=Path)
+    val.add_argument("--data", type=Path)
+    _latency_flags(val)
+    _common(val)
+    ben = sub.add_parser("bench", help="measure a bundle's latency")
+    ben.add_argument("bundle", type=Path)
+    _latency_flags(ben)
+    _common(ben)
+    tgt = sub.add_parser("targets", help="targets, recipes, and whether each is installed")
+    tgt.add_argument("--families", action="store_true",
+                     help="which model family (model_type) each target exports, and why not where it cannot")  # fmt: skip
+    _common(tgt)
+    dev = sub.add_parser("devices", help="known devices, their facts and runtimes")
+    dev.add_argument("--check", action="store_true", help="ask each device for its facts and runtimes")
+    dev.add_argument("--config", type=Path, help="config file whose `inventory:` declares devices")
+    _inventory_flag(dev)
+    _common(dev)
+    _cache_parser(sub)
+    from edge_export.lab.cli import add_lab_parser
+
+    add_lab_parser(sub, _Parser, _common, _inventory_flag)
+    return parser
+
+
+def _export_parser(sub: Any) -> None:
     exp = sub.add_parser("export", help="export, validate and measure a model")
     exp.add_argument("model", help="HF model folder, hub id, or .gguf file")
     exp.add_argument("--task", help="feature-extraction, text-classification, fill-mask, text-generation")
@@ -84,29 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fail a result when any operator runs outside the accelerator delegate",
     )
+    exp.add_argument(
+        "--cache", nargs="?", const="", type=str, metavar="DIR",
+        help="reuse unchanged exports from an export cache (DIR, else $EDGE_EXPORT_CACHE or ~/.cache/edge-export)",
+    )  # fmt: skip
     exp.add_argument("--no-validate", action="store_true", help="skip accuracy validation")
     exp.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     _latency_flags(exp)
     _common(exp)
-    val = sub.add_parser("validate", help="re-check a bundle (accuracy + latency)")
-    val.add_argument("bundle", type=Path)
-    val.add_argument("--data", type=Path)
-    _latency_flags(val)
-    _common(val)
-    ben = sub.add_parser("bench", help="measure a bundle's latency")
-    ben.add_argument("bundle", type=Path)
-    _latency_flags(ben)
-    _common(ben)
-    tgt = sub.add_parser("targets", help="targets, recipes, and whether each is installed")
-    tgt.add_argument("--families", action="store_true",
-                     help="which model family (model_type) each target exports, and why not where it cannot")  # fmt: skip
-    _common(tgt)
-    dev = sub.add_parser("devices", help="known devices, their facts and runtimes")
-    dev.add_argument("--check", action="store_true", help="ask each device for its facts and runtimes")
-    dev.add_argument("--config", type=Path, help="config file whose `inventory:` declares devices")
-    _inventory_flag(dev)
-    _common(dev)
-    return parser
+
+
+def _cache_parser(sub: Any) -> None:
+    cache = sub.add_parser("cache", help="the export cache: list or prune cached exports")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
+    for name, text in (("ls", "list cached exports"), ("prune", "remove least recently used exports")):
+        c = cache_sub.add_parser(name, help=text)
+        c.add_argument("--cache", type=Path, metavar="DIR", help="cache folder (default $EDGE_EXPORT_CACHE or ~/.cache/edge-export)")  # fmt: skip
+        if name == "prune":
+            c.add_argument("--max-size", required=True, metavar="SIZE", help="keep at most this much, e.g. 20G, 500M")  # fmt: skip
+        _common(c)
 
 
 def _export_config(args: argparse.Namespace) -> Any:
@@ -118,6 +141,7 @@ def _export_config(args: argparse.Namespace) -> Any:
         "recipes": args.recipes, "out": args.out, "force": args.force, "allow_pickle": args.allow_pickle,
         "trust_remote_code": args.trust_remote_code, "devices": args.devices,
         "require_full_delegation": args.require_full_delegation,
+        "cache": None if args.cache is None else (Path(args.cache) if args.cache else _default_cache()),
     }  # fmt: skip
     if args.inventory:
         flags["inventory"] = {**file_values.get("inventory", {}), **_inventory_data(args.inventory)}
@@ -131,6 +155,12 @@ def _export_config(args: argparse.Namespace) -> Any:
     for warning in config_warnings(cfg, file_values, flags):
         print(f"warning: {warning}", file=sys.stderr)
     return cfg
+
+
+def _default_cache() -> Path:
+    from edge_export.cache import default_cache_dir
+
+    return default_cache_dir()
 
 
 def _inventory_data(path: Path) -> dict[str, Any]:
@@ -192,6 +222,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         for device in unreachable:
             print(f"error: {device['error']}", file=sys.stderr)
         return 4 if unreachable else 0
+    if args.command == "cache":
+        from edge_export.cache import cache_command
+
+        return cache_command(args)
+    if args.command == "lab":
+        from edge_export.lab.cli import lab_command
+
+        return lab_command(args)
     progress = Progress(enabled=False if args.json else None)
     if args.command == "export":
         report, code = api.export(_export_config(args), progress)

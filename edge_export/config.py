@@ -72,6 +72,8 @@ class ExportConfig(_Strict):
     trust_remote_code: bool = False
     revision: str | None = None
     require_full_delegation: bool = False
+    # export cache folder: unchanged (model, recipe, data, versions) reuse the cached bundle
+    cache: Path | None = None
     devices: list[str] = Field(default_factory=lambda: ["local"])
     inventory: dict[str, DeviceSpec] = Field(default_factory=dict)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)

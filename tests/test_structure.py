@@ -12,16 +12,23 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edge_export"
 
 # Floors, bottom first: a module may import its own floor's modules or lower floors, never higher.
 FLOORS = [
-    {"__init__", "errors", "quiet", "interrupts", "files"},
+    {
+        "__init__",
+        "errors",
+        "quiet",
+        "interrupts",
+        "files",
+        "demo_models",
+    },  # demo_models: where the real models live
     {"exporter"},  # the model side: loading, families, IO specs, the prepared model
     {"devices", "report"},  # runners (and the self-contained agent); the typed result and its renderings
     {"validation"},  # metrics and gates against the PyTorch reference
     {"targets"},  # formats; use validation's shared gates and the agent's host runtimes
-    {"config"},
+    {"config", "cache"},  # the export cache sits below run, which looks up and stores bundles
     {"run"},  # the only room that drives targets, validation and devices together
     {"lab"},
     {"api"},
-    {"cli", "demo_models", "__main__"},
+    {"cli", "__main__"},
 ]
 RANK = {room: floor for floor, rooms in enumerate(FLOORS) for room in rooms}
 

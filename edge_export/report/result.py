@@ -34,6 +34,8 @@ class Result:
     residency_failure: str | None = None  # --require-full-delegation found operators outside the delegate
     # False until an artifact exists: a result that never got one is an error even without a message.
     produced: bool = False
+    # with an export cache: {"hit": bool, "key": str} (a hit reused a verified cached bundle)
+    cache: dict[str, Any] | None = None
 
     @property
     def device_failures(self) -> list[str]:
@@ -81,6 +83,7 @@ class Result:
             latency_by_device=list(entry.get("latency_by_device") or []),
             timings_s=dict(entry.get("timings_s") or {}), notes=list(entry.get("notes") or []),
             produced=entry.get("error") is None and entry.get("status") != "error",
+            cache=dict(entry["cache"]) if entry.get("cache") else None,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +103,8 @@ class Result:
             entry["residency_failure"] = self.residency_failure
         if self.device_failures:
             entry["device_failures"] = self.device_failures
+        if self.cache is not None:
+            entry["cache"] = self.cache
         return entry
 
 

@@ -46,6 +46,8 @@ def latency_entry(
         "runtime": res.runtime,
         "providers": res.extra.get("providers"),
     }
+    if res.latencies_ms:  # every sample, so a results store can test a change statistically
+        entry["samples_ms"] = [round(float(v), 4) for v in res.latencies_ms]
     if "compute" in res.extra:  # Core ML on a Mac: where each operation was planned to run
         entry["compute_plan"] = res.extra["compute"]
     if decoder:

@@ -7,11 +7,13 @@ before the model loads. A failing target is recorded and the others still run.
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from edge_export.cache import ExportCache, library_versions, model_files_sha256, text_sha256
 from edge_export.config import ExportConfig
 from edge_export.devices.agent.measure import peak_rss_mb
 from edge_export.errors import ExportError, Interrupted
@@ -24,14 +26,44 @@ from edge_export.run.bundle import StagedOutput, file_hashes, write_manifest
 from edge_export.run.plan import PlannedRun
 from edge_export.run.session import ExportRun, timed
 from edge_export.targets.base import Artifact
+from edge_export.validation.gates import resolve_thresholds
 
 
 def export_one(run: ExportRun, planned: PlannedRun, staging: Path) -> Result:
-    """Export, bundle, validate and measure one recipe; never raises for target failures."""
+    """Export, bundle, validate and measure one recipe; never raises for target failures.
+
+    With an export cache (cfg.cache) a verified cached bundle replaces export and validation (its
+    recorded accuracy is reused); a miss exports as usual and stores the validated bundle. Latency
+    is measured on the devices either way."""
     recipe = planned.recipe
     result = Result(planned.target.name, recipe.id, recipe.precision)
     bundle = staging / f"{planned.target.name}-{recipe.name}"
     bundle.mkdir()
+    cache = ExportCache(run.cfg.cache) if run.cfg.cache is not None else None
+    key = cache_key(run, planned) if cache is not None else None
+    built = _from_cache(run, planned, cache, key, bundle, result) if cache is not None else None
+    if built is None:
+        built = _export_and_validate(run, planned, bundle, result)
+        if built is None:
+            return result
+        if cache is not None:
+            _store(cache, key, bundle, result)
+    manifest, hashes = built
+    result.residency_failure = residency_failure(run.cfg, result)
+    if run.cfg.latency.enabled:
+        with timed(result.timings_s, "latency"):
+            result.latency_by_device = [run.measure_latency(d, bundle, planned) for d in run.devices]
+    manifest.update(validation=result.accuracy, latency=result.latency_by_device)
+    write_manifest(bundle, manifest, hashes)
+    return result
+
+
+def _export_and_validate(
+    run: ExportRun, planned: PlannedRun, bundle: Path, result: Result
+) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """Convert into `bundle`, write its manifest and validate it: (manifest, file hashes), or None
+    when the export failed or the artifact does not run (recorded as the result's error)."""
+    recipe = planned.recipe
     try:
         with run.progress.task(f"{recipe.id}: exporting"), timed(result.timings_s, "export"):
             artifact = planned.target.export(run.model, recipe, run.calibration, bundle)
@@ -40,7 +72,7 @@ def export_one(run: ExportRun, planned: PlannedRun, staging: Path) -> Result:
         result.error = {"type": "ExportError", "stage": exc.stage, "message": exc.one_line()}
         if trace := exc.library_trace():
             result.error["trace"] = trace
-        return result
+        return None
     manifest = _manifest(run, planned, artifact)
     run.model.save_tokenizer(bundle)
     hashes = file_hashes(bundle)
@@ -50,16 +82,84 @@ def export_one(run: ExportRun, planned: PlannedRun, staging: Path) -> Result:
     result.size_bytes = sum(f.stat().st_size for f in artifact.files)
     result.inspect = planned.target.inspect(artifact.path, artifact.details)
     # facts and decisions the user should see (no tokenizer, a raised OS target)
-    result.notes = [*run.model.notes, *artifact.details.get("notes", [])]
+    result.notes = [*run.model.notes, *artifact.details.get("notes", []), *result.notes]
     if run.validator is not None and not _validate(run, planned, artifact, manifest, result):
-        return result
-    result.residency_failure = residency_failure(run.cfg, result)
-    if run.cfg.latency.enabled:
-        with timed(result.timings_s, "latency"):
-            result.latency_by_device = [run.measure_latency(d, bundle, planned) for d in run.devices]
-    manifest.update(validation=result.accuracy, latency=result.latency_by_device)
-    write_manifest(bundle, manifest, hashes)
-    return result
+        return None
+    return manifest, hashes
+
+
+def cache_key(run: ExportRun, planned: PlannedRun) -> str:
+    """The export cache key of one planned recipe: the model's content (weights + config, and the
+    tokenizer and code files beside them), the recipe id and its resolved options, what validation
+    uses and gates on, and the versions of edge-export and the target's libraries. Computable before
+    the model loads (a lab's dry run shows what is cached), and the same after."""
+    cfg, recipe, source = run.cfg, planned.recipe, run.resolve_source()
+    validation = cfg.validation
+    # the calibration set a run builds is sized by its largest request (see ExportRun.load)
+    calibration = (
+        max(int(r.recipe.options.get("calibration_samples", 16)) for r in run.plan)
+        if recipe.needs_calibration
+        else None
+    )
+    thresholds = resolve_thresholds(recipe.id, recipe.precision, recipe.gates, validation.gates)
+    return ExportCache.key({
+        "model_sha256": run.model.sha256 if run.model is not None else source.sha256(),
+        "model_files": model_files_sha256(source.folder, source.weight_files, source.kind == "gguf"),
+        "task": cfg.task, "trust_remote_code": cfg.trust_remote_code,
+        "target": planned.target.name, "recipe": recipe.id, "options": recipe.options,
+        "calibration_samples": calibration,
+        "text_sha256": text_sha256(run.text.samples, run.text.passage),
+        "validation": {"enabled": validation.enabled, "generate_tokens": validation.generate_tokens,
+                       "thresholds": thresholds if validation.enabled else None},
+        "versions": library_versions(planned.target.extra, type(planned.target).__module__),
+    })  # fmt: skip
+
+
+def _from_cache(
+    run: ExportRun, planned: PlannedRun, cache: ExportCache, key: str, bundle: Path, result: Result
+) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """A verified cached bundle copied into `bundle` with its recorded result (artifact, size,
+    inspection, accuracy, notes): (manifest, file hashes), or None on a miss (a corrupt entry is
+    deleted by the cache and counts as one). Cache trouble (unreadable, locked) is a miss too."""
+    result.cache = {"hit": False, "key": key}
+    started = time.perf_counter()
+    try:
+        with run.progress.task(f"{planned.recipe.id}: checking the export cache"):
+            entry = cache.fetch(key, bundle)
+        if entry is None:
+            return None
+        manifest = json.loads((bundle / "manifest.json").read_text())
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # OUT's disk is full: the run stops (run_export says so)
+        result.notes.append(f"export cache not read: {describe_os_error(exc, '--cache').one_line()}")
+        shutil.rmtree(bundle, ignore_errors=True)
+        bundle.mkdir()
+        return None
+    cached = Result.from_dict(entry)
+    hashes = manifest.pop("files")
+    manifest.pop("schema", None)
+    manifest["model"] = _model_entry(run)  # same content; this run's source path
+    result.produced, result.cache = True, {"hit": True, "key": key}
+    result.bundle, result.artifact = bundle.name, f"{bundle.name}/{manifest['artifact']}"
+    result.size_bytes, result.inspect, result.accuracy = cached.size_bytes, cached.inspect, cached.accuracy
+    notes = [n for n in cached.notes if not n.startswith("export cache not ")]  # that run's cache trouble
+    result.notes = [*notes, f"cached export {key[:12]}"]
+    result.timings_s["cache_hit"] = round(time.perf_counter() - started, 3)
+    return manifest, hashes
+
+
+def _store(cache: ExportCache, key: str, bundle: Path, result: Result) -> None:
+    """Put a validated bundle into the cache. An error result is never stored; a cache that cannot
+    be written (read-only, full) costs this run nothing but a note."""
+    result.cache = {"hit": False, "key": key}
+    if result.status == "error":
+        return
+    try:
+        with timed(result.timings_s, "cache_store"):
+            cache.put(key, bundle, result.to_dict())
+    except OSError as exc:
+        result.notes.append(f"export cache not written: {describe_os_error(exc, '--cache').one_line()}")
 
 
 def _validate(
@@ -102,11 +202,16 @@ def residency_failure(cfg: ExportConfig, result: Result) -> str | None:
     return f"{result.recipe}: {residency['fallback_ops']} operators run outside the delegate ({ops})"
 
 
+def _model_entry(run: ExportRun) -> dict[str, Any]:
+    model = run.model
+    return {"source": model.source.given, "kind": model.source.kind, "sha256": model.sha256,
+            "task": model.task, "family": model.family.name, "weights": model.weights}  # fmt: skip
+
+
 def _manifest(run: ExportRun, planned: PlannedRun, artifact: Artifact) -> dict[str, Any]:
     model = run.model
     return {
-        "model": {"source": model.source.given, "kind": model.source.kind, "sha256": model.sha256,
-                  "task": model.task, "family": model.family.name, "weights": model.weights},
+        "model": _model_entry(run),
         "task": model.task,
         "target": planned.target.name,
         "recipe": artifact.recipe.to_dict(),  # options as resolved for this model
