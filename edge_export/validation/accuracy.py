@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_export.devices.agent.lm import greedy_generate, perplexity, session_for, token_logits
+from edge_export.devices.agent.lm import (
+    forced_decode_logits,
+    greedy_generate,
+    perplexity,
+    session_for,
+    token_logits,
+)
 from edge_export.exporter.prepared import PreparedModel, Runnable
 from edge_export.exporter.textdata import TextData
 from edge_export.validation import metrics as m
@@ -89,7 +95,11 @@ class Validator:
         logits = token_logits(session, ids)
         prompt = encode(self.model, self.text.samples[0], 64)
         generated = greedy_generate(session, prompt, self.generate_tokens)
-        return {"ids": ids, "logits": logits, "ppl": perplexity(logits, ids), "generated": generated}
+        # the reference's own continuation, forced through this session's single-token decode path
+        forced = self.ref_lm["generated"] if self.ref_lm else generated
+        decode = forced_decode_logits(session, prompt, forced)
+        return {"ids": ids, "logits": logits, "ppl": perplexity(logits, ids), "generated": generated,
+                "decode_logits": decode}  # fmt: skip
 
     def _case_outputs(self, candidate: Runnable) -> tuple[list[tuple[Case, dict, dict]], dict[str, str]]:
         """(case, reference, candidate outputs) for every case the candidate can run.
@@ -249,6 +259,10 @@ class Validator:
             "perplexity_delta_pct": delta,
             "perplexity_drop_pct": max(0.0, -delta),
             "generation_match": match / max(1, len(ref["generated"])),
+            # decode path through the candidate's own cache, teacher-forced on the reference's
+            # continuation: unlike the leading-run match, one early near-tie does not zero it
+            "decode_agreement": m.top1_agreement(ref["decode_logits"], cand["decode_logits"]),
+            "decode_sqnr_db": m.sqnr_db(ref["decode_logits"], cand["decode_logits"]),
         }
         details = {
             "reference_perplexity": ref["ppl"],

@@ -139,6 +139,16 @@ def greedy_generate(
     return generated
 
 
+def forced_decode_logits(session: Session, prompt: list[int], tokens: list[int]) -> np.ndarray:
+    """Logits [len(tokens), vocab] of the decode path: the prompt, then `tokens` fed one at a time
+    through the session's own cache (teacher forcing), so a candidate's single-token steps are
+    scored on the reference's continuation even after its own greedy choice went elsewhere."""
+    rows = [prompt_logits(session, prompt)[0, -1]]
+    for token in tokens[:-1]:
+        rows.append(session.step(np.array([token]))[0, -1])
+    return np.stack(rows).astype(np.float32)
+
+
 def token_logits(session: Session, token_ids: list[int], chunk: int = 256) -> np.ndarray:
     """Logits [n, vocab] for every position of a text, fed in chunks through the cache."""
     session.reset()
