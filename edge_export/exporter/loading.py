@@ -92,6 +92,37 @@ def read_pooling(folder: Path) -> dict[str, Any] | None:
     return pooling
 
 
+def read_sentence_transformers(folder: Path, pooling: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How sentence-transformers runs this folder, beyond the pooling the graph already applies:
+    the sequence length it truncates at (sentence_bert_config.json's max_seq_length, often below
+    the tokenizer's model_max_length: 256 vs 512 on all-MiniLM-L6-v2, which changes the embedding
+    of a long passage) and the config files a client reads, to be copied into the bundle.
+    None for folders without sentence-transformers pooling."""
+    if pooling is None:
+        return None
+    hint = "restore the model's original sentence-transformers files"
+    modules = read_json_file(folder / "modules.json", "sentence-transformers file modules.json", hint)
+    files = ["modules.json"]
+    settings: dict[str, Any] = {}
+    if (folder / "sentence_bert_config.json").is_file():
+        files.append("sentence_bert_config.json")
+        settings = read_json_file(
+            folder / "sentence_bert_config.json", "sentence-transformers file sentence_bert_config.json", hint
+        )
+    for module in modules:
+        config = Path(module.get("path", "")) / "config.json"
+        if module.get("type", "").endswith("Pooling") and (folder / config).is_file():
+            files.append(config.as_posix())
+    max_length = settings.get("max_seq_length") if isinstance(settings, dict) else None
+    return {
+        "pooling": pooling["mode"],
+        "normalize": pooling["normalize"],
+        "max_seq_length": int(max_length) if isinstance(max_length, int) and max_length > 0 else None,
+        "applied_in_graph": True,  # the sentence_embedding output is pooled (and normalised) already
+        "files": files,
+    }
+
+
 def _load_weights(source: ModelSource, task: str, trust_remote_code: bool) -> torch.nn.Module:
     cls = auto_class(task)
     kwargs: dict[str, Any] = {"dtype": torch.float32, "trust_remote_code": trust_remote_code}
@@ -249,13 +280,17 @@ def prepare(source: ModelSource, task: str | None, *, trust_remote_code: bool = 
             hint=f"use one of: {', '.join(family.tasks)}",
         )
     extras: dict[str, Any] = {}
+    sentence_transformers = None
     if task == "feature-extraction":
         extras["pooling"] = read_pooling(source.folder)
+        sentence_transformers = read_sentence_transformers(source.folder, extras["pooling"])
     tokenizer = _load_tokenizer(source)
     hf_model = _load_weights(source, task, trust_remote_code)
     if task == "text-generation":
         extras.update(_generation_ids(hf_model, tokenizer))
     module, io = family.build(hf_model, task, extras)
+    if sentence_transformers is not None:  # recorded in the manifest's io; used by save_tokenizer
+        io.extras["sentence_transformers"] = sentence_transformers
     max_positions = int(getattr(config, "max_position_embeddings", 512) or 512)
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         # RoBERTa-style position ids start after padding_idx, so the last slots are unusable.

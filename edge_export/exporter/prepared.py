@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,12 +114,48 @@ class PreparedModel:
         return TorchRunnable(self.module, self.io)
 
     def save_tokenizer(self, folder: Path) -> list[Path]:
-        """Write the tokenizer files into a bundle folder; returns what was written."""
-        if self.tokenizer is None:
-            return []
-        before = set(folder.iterdir()) if folder.exists() else set()
-        self.tokenizer.save_pretrained(str(folder))
-        return sorted(set(folder.iterdir()) - before)
+        """Write the tokenizer files into a bundle folder, readable by transformers 4.x and 5.x,
+        plus a sentence-transformers encoder's config files; returns the files written.
+
+        For sentence-transformers encoders the tokenizer's model_max_length becomes the model's
+        max_seq_length, so a client that truncates at the tokenizer's limit feeds what
+        sentence-transformers feeds (all-MiniLM-L6-v2: 256, not the tokenizer's 512).
+        """
+        before = set(folder.rglob("*")) if folder.exists() else set()
+        sentence_transformers = self.io.extras.get("sentence_transformers") or {}
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(folder))
+            overrides = {}
+            if sentence_transformers.get("max_seq_length"):
+                overrides["model_max_length"] = sentence_transformers["max_seq_length"]
+            portable_tokenizer_config(folder / "tokenizer_config.json", overrides)
+        for name in sentence_transformers.get("files", []):
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.source.folder / name, target)
+        return sorted(p for p in set(folder.rglob("*")) - before if p.is_file())
+
+
+# tokenizer_config.json class names only transformers 5 knows -> the class both major versions
+# load the same files with. transformers 5 saves any tokenizers-backed tokenizer it has no model
+# class for (every GGUF tokenizer among them) as TokenizersBackend, which transformers 4.x's
+# AutoTokenizer refuses ("does not exist or is not currently imported"); PreTrainedTokenizerFast
+# reads the same tokenizer.json in 4.x and is kept by 5.x as an alias of TokenizersBackend.
+PORTABLE_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable_tokenizer_config(path: Path, overrides: Mapping[str, Any]) -> None:
+    """Rewrite a saved tokenizer_config.json with a tokenizer_class transformers 4.x also knows
+    and the given keys set; nothing to do when the file is absent."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    changed = dict(overrides)
+    name = config.get("tokenizer_class")
+    if name in PORTABLE_TOKENIZER_CLASSES:
+        changed["tokenizer_class"] = PORTABLE_TOKENIZER_CLASSES[name]
+    if any(config.get(k) != v for k, v in changed.items()):
+        path.write_text(json.dumps(config | changed, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 class TorchRunnable:

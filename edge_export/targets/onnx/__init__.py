@@ -90,8 +90,8 @@ class OnnxTarget(TargetBase):
             files = [
                 Path(shutil.copy2(f, workdir / f.name)) for f in sorted(base.parent.glob(base.name + "*"))
             ]
-            details.update(opset=facts["base_opset"])
-            return Artifact(self.name, recipe, out, files, details | {"options": dict(recipe.options)})
+            details.update(opset=facts["base_opset"], options=dict(recipe.options))
+            return self._with_runtime_configs(Artifact(self.name, recipe, out, files, details), model)
         try:
             if recipe.name == "int8-static":
                 if calibration is None:
@@ -111,7 +111,22 @@ class OnnxTarget(TargetBase):
         except Exception as exc:
             raise ExportError(self.name, "save", _first_line(exc)) from exc
         details.update(opset=_opset(proto), options=dict(recipe.options))
-        return Artifact(self.name, recipe, out, files, details)
+        return self._with_runtime_configs(Artifact(self.name, recipe, out, files, details), model)
+
+    def _with_runtime_configs(self, artifact: Artifact, model: PreparedModel) -> Artifact:
+        """Add what other runtimes need to load the bundle unchanged: genai_config.json for
+        decoders (onnxruntime-genai). Side files, not model files: not in `files` (the size)."""
+        if model.io.kind == "decoder":
+            from edge_export.targets.onnx.genai import write_genai_config
+
+            try:
+                folder, name = artifact.path.parent, artifact.path.name
+                artifact.details["genai_config"] = write_genai_config(model, folder, name)
+            except OSError:
+                raise  # the machine (a full disk), not the model
+            except Exception as exc:  # a config attribute this family lacks
+                raise ExportError(self.name, "genai-config", _first_line(exc)) from exc
+        return artifact
 
     def load(self, artifact_path: Path, manifest: Mapping[str, Any]) -> Runnable:
         """An onnxruntime session (the same adapter the device agent uses)."""
