@@ -1,8 +1,12 @@
-"""Progress of a lab run, per device: a live rich display on a terminal (one row per device with
-its finished cells and what it is doing now), plain lines on stderr otherwise (CI logs, pipes).
+"""Progress of a lab run: a live rich display on a terminal (a row for the host's exports and one
+row per device, each with its finished cells and what it is doing now), plain lines on stderr
+otherwise (CI logs, pipes).
 
-It is also the `Progress` the export runs report their steps to ("exporting", "measuring on X"),
-so the device rows show which step of which group each device is waiting on or running.
+Devices work in parallel (lab/workers.py), so every method may be called from any thread: the
+counters and the plain lines are guarded by one lock (a line is never interleaved with another,
+and a device's "(n/total)" counts only its own cells), and each thread only ever changes its own
+row. It is also the `Progress` the export runs report their steps to ("exporting", "validating"),
+shown on the host's row.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +22,7 @@ from typing import Any
 from edge_export.report.progress import Progress
 
 _COLOURS = {"passed": "green", "failed": "red", "error": "red", "not_run": "yellow"}
+HOST_ROW = "host"  # the export row's label (rows are keyed apart, so a device may be called host too)
 
 
 def _outcome(row: dict[str, Any]) -> str:
@@ -33,21 +39,23 @@ def _outcome(row: dict[str, Any]) -> str:
 
 class LabDisplay(Progress):
     """Per-device progress (see the module doc). `enabled` None or True: the live display when
-    stderr is a terminal outside CI, plain lines otherwise; False: nothing at all."""
+    stderr is a terminal outside CI, plain lines otherwise; False: nothing at all. `groups` is the
+    number of exports the host will run (the length of its row's bar)."""
 
-    def __init__(self, devices: list[str], enabled: bool | None = None) -> None:
+    def __init__(self, devices: list[str], enabled: bool | None = None, groups: int = 0) -> None:
         super().__init__(enabled=False)  # the export runs' own spinner is replaced by the rows
         self.totals = Counter(devices)
         self.done: Counter[str] = Counter()
-        self.group: list[str] = []
-        self.label = ""
+        self.label = ""  # the group the host is exporting now
         self.quiet = enabled is False
         self.live: Any = None
         self.rows: dict[str, Any] = {}
+        self.host_row: Any = None
+        self._lock = threading.Lock()
         if not self.quiet and sys.stderr.isatty() and not os.environ.get("CI") and self.totals:
-            self._start_live()
+            self._start_live(groups)
 
-    def _start_live(self) -> None:
+    def _start_live(self, groups: int) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn
         from rich.progress import Progress as Bars
@@ -56,51 +64,60 @@ class LabDisplay(Progress):
             SpinnerColumn(), TextColumn("[bold]{task.fields[device]:<12}"), BarColumn(bar_width=20),
             MofNCompleteColumn(), TextColumn("{task.description}"), console=Console(stderr=True),
         )  # fmt: skip
+        self.host_row = self.live.add_task("waiting", total=groups or None, device=HOST_ROW)
         self.rows = {d: self.live.add_task("waiting", total=n, device=d) for d, n in self.totals.items()}
         self.live.start()
 
-    def _say(self, device: str | None, text: str) -> None:
-        """Show what a device (None: every device of the current group) is doing now."""
-        if self.quiet:
-            return
-        names = [device] if device else self.group
-        if self.live is not None:
+    def _update(self, row: Any, text: str, **fields: Any) -> None:
+        """Set a live row's description (escaped: tool output may hold [..]), if there is one."""
+        live = self.live  # close() may run meanwhile on another thread
+        if live is not None and row is not None:
             from rich.markup import escape
 
-            for name in names:
-                if name in self.rows:
-                    self.live.update(self.rows[name], description=escape(text))
-        elif device is None:
-            print(f"[{', '.join(names)}] {text}", file=sys.stderr, flush=True)
+            live.update(row, description=escape(text), **fields)
+
+    def _line(self, text: str) -> None:
+        """One plain progress line on stderr (not with the live display, nor when quiet)."""
+        if not self.quiet and self.live is None:
+            with self._lock:
+                print(text, file=sys.stderr, flush=True)
 
     def start_group(self, model: str, recipe: str, devices: list[str]) -> None:
-        """A (model, recipe) export starts; `devices` wait for its bundle."""
-        self.group, self.label = devices, f"{model} {recipe}"
-        self._say(None, f"{self.label}: starting")
+        """The host starts a (model, recipe) export for `devices`."""
+        self.label = f"{model} {recipe}"
+        self._update(self.host_row, f"{self.label}: starting")
+        self._line(f"[{HOST_ROW}] {self.label}: export for {', '.join(devices)}")
+
+    def group_done(self) -> None:
+        """The host finished the current export (its bundle is handed to the devices)."""
+        self._update(self.host_row, f"{self.label}: done", advance=1)
 
     @contextlib.contextmanager
     def task(self, text: str) -> Iterator[None]:
-        """A step of the current export (what run_export reports), shown on the device rows."""
-        device = next((d for d in self.group if text.endswith(f"measuring on {d}")), None)
-        if self.live is not None:  # plain lines only say when a group starts and a cell ends
-            self._say(device, f"{self.label}: {text.split(': ', 1)[-1]}")
+        """A step of the current export (what run_export reports), shown on the host's row."""
+        self._update(self.host_row, f"{self.label}: {text.split(': ', 1)[-1]}")
         yield
 
+    def device_status(self, device: str, text: str) -> None:
+        """What a device is doing now (live display only: plain lines say when a cell ends)."""
+        self._update(self.rows.get(device), text)
+
     def cell_done(self, cell: Any, row: dict[str, Any]) -> None:
-        """A device finished (or failed) its cell of the current group."""
-        self.done[cell.device] += 1
+        """A device finished (or failed) one of its cells."""
+        with self._lock:
+            self.done[cell.device] += 1
+            count = f"{self.done[cell.device]}/{self.totals[cell.device]}"
         if self.quiet:
             return
-        text = f"{cell.model} {cell.recipe}: {_outcome(row)}"
-        count = f"{self.done[cell.device]}/{self.totals[cell.device]}"
-        if self.live is not None:
+        text, live = f"{cell.model} {cell.recipe}: {_outcome(row)}", self.live
+        if live is not None:
             from rich.markup import escape
 
-            colour, text = _COLOURS.get(row["status"], "white"), escape(text)  # tool output may hold [..]
-            self.live.update(self.rows[cell.device], advance=1, description=f"[{colour}]{text}[/]")
-            self.live.console.print(f"[{colour}]{escape(cell.device)}[/] ({count}) {text}", highlight=False)
+            colour, text = _COLOURS.get(row["status"], "white"), escape(text)
+            live.update(self.rows[cell.device], advance=1, description=f"[{colour}]{text}[/]")
+            live.console.print(f"[{colour}]{escape(cell.device)}[/] ({count}) {text}", highlight=False)
         else:
-            print(f"[{cell.device}] ({count}) {text}", file=sys.stderr, flush=True)
+            self._line(f"[{cell.device}] ({count}) {text}")
 
     def close(self) -> None:
         """Stop the live display (idempotent)."""

@@ -1,10 +1,12 @@
 """`edge-export lab run`: work through a lab's matrix, one export per (model, recipe), one store row
-per device, committed as each group finishes so an interrupted run keeps what it finished.
+per device, committed as soon as that device finishes its cell so an interrupted run keeps it.
 
-Each export group is one ordinary export run (run/orchestrate.run_export) with every device of the
-group: the export and its host validation happen once (or come from the export cache), then each
-device measures the bundle, one after another. A group that fails records an error row for each of
-its cells and the lab goes on; Ctrl-C marks the run interrupted (`--resume RUN_ID` does the rest).
+The host exports and validates each group with an ordinary export run (run/orchestrate.run_export,
+without latency; or the export cache has it), then hands the bundle to one worker per device
+(lab/workers.py): devices measure in parallel, each one job at a time, while the host goes on with
+the next group. A local device never measures while the host exports (they share its cores). A
+group that fails records an error row for each of its cells and the lab goes on; Ctrl-C stops the
+workers and marks the run interrupted (`--resume RUN_ID` does the rest).
 """
 
 from __future__ import annotations
@@ -18,17 +20,23 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_export import interrupts
 from edge_export.config import ExportConfig
+from edge_export.devices import get_device
 from edge_export.errors import ConfigError, DeviceError, EdgeExportError, InputError, Interrupted
 from edge_export.files import USER_ERRNOS
 from edge_export.lab.display import LabDisplay
 from edge_export.lab.matrix import Cell, export_groups, resolve_matrix, shard
 from edge_export.lab.spec import LabSpec
+from edge_export.lab.workers import DevicePool, Job
 from edge_export.report.result import Result, exit_code
+from edge_export.run.device_job import prepare_measurement, source_max_positions
 from edge_export.run.orchestrate import run_export
+
+if TYPE_CHECKING:
+    from edge_export.exporter.source import ModelSource
 
 # CI environment variables recorded as run labels (the first one set wins for each label).
 CI_LABELS = {
@@ -125,16 +133,18 @@ class LabRun:
         self.spec, self.store, self.run_id, self.labels = spec, store, run_id, labels
         self.out, self.cache_dir, self.display = out, cache_dir, display
         self.model_hashes: dict[str, str] = {}
+        self.max_positions: dict[str, int | None] = {}  # per model: a decoder prompt must fit them
 
-    def config(self, cell: Cell, devices: list[str]) -> ExportConfig:
-        """The export config of a group: its model and recipe, and every device of the group."""
+    def config(self, cell: Cell) -> ExportConfig:
+        """The export config of a group: its model and recipe, exported and validated on the host
+        only (no device, no latency: the device workers measure the bundle afterwards)."""
         model = self.spec.models[cell.model]
         validation = self.spec.validation.model_copy(update={"gates": self.spec.gate_overrides()})
         return ExportConfig(
             model=model.path, task=model.task, revision=model.revision, recipes=[cell.recipe],
-            recipe_options=self.spec.recipe_options, devices=devices, inventory=self.spec.inventory,
-            latency=self.spec.latency, validation=validation, cache=self.cache_dir,
-            out=self.bundle_dir(cell), force=True,
+            recipe_options=self.spec.recipe_options, devices=[], inventory=self.spec.inventory,
+            latency=self.spec.latency.model_copy(update={"enabled": False}), validation=validation,
+            cache=self.cache_dir, out=self.bundle_dir(cell), force=True,
         )  # fmt: skip
 
     def bundle_dir(self, cell: Cell) -> Path:
@@ -179,60 +189,82 @@ class LabRun:
             rows.append({**row, "status": "error", "failures": [message]})
         return rows
 
-    def run_group(self, cells: list[Cell]) -> list[dict[str, Any]]:
-        """Export one (model, recipe) for its devices and record a row per device."""
-        first = cells[0]
-        devices = [cell.device for cell in cells]
-        self.display.start_group(first.model, first.recipe, devices)
-        try:
-            report, _ = run_export(self.config(first, devices), self.display)
-        except (KeyboardInterrupt, Interrupted):
-            raise
-        except OSError as exc:
-            if exc.errno in USER_ERRNOS:
-                raise  # the machine (a full disk, a permission): the whole lab stops
-            rows = self.error_rows(cells, exc)
-        except Exception as exc:  # one group's failure is recorded; the lab goes on
-            rows = self.error_rows(cells, exc)
-        else:
-            entry = report["results"][0]
-            facts = {d.get("name"): d for d in report.get("devices", [])}
-            by_device = {e.get("device"): e for e in entry.get("latency_by_device") or []}
-            sha256 = report["model"].get("sha256")
-            rows = [
-                self.row(c, entry, by_device.get(c.device), facts.get(c.device, {}), sha256) for c in cells
-            ]
-        for cell, row in zip(cells, rows, strict=True):
-            self.store.record(row)
-            self.display.cell_done(cell, row)
-        return rows
+    def run_group(self, cells: list[Cell], pool: DevicePool) -> None:
+        """Export one (model, recipe) on the host (holding it: no local device measures
+        meanwhile), then hand the bundle to each device's worker; a group that fails as a whole
+        gets its error rows here."""
+        first, rows = cells[0], []
+        with pool.host():
+            self.display.start_group(first.model, first.recipe, [cell.device for cell in cells])
+            try:
+                report, _ = run_export(self.config(first), self.display)
+                jobs = self.jobs(cells, report)
+            except (KeyboardInterrupt, Interrupted):
+                raise
+            except OSError as exc:
+                if exc.errno in USER_ERRNOS:
+                    raise  # the machine (a full disk, a permission): the whole lab stops
+                jobs, rows = [], self.error_rows(cells, exc)
+            except Exception as exc:  # one group's failure is recorded; the lab goes on
+                jobs, rows = [], self.error_rows(cells, exc)
+            self.display.group_done()
+        for job in jobs:
+            pool.submit(job)
+        for cell, row in zip(cells, rows, strict=False):  # rows: only for a failed group
+            pool.write(lambda cell=cell, row=row: self._store(cell, row))
+
+    def _store(self, cell: Cell, row: dict[str, Any]) -> None:
+        self.store.record(row)
+        self.display.cell_done(cell, row)
+
+    def jobs(self, cells: list[Cell], report: dict[str, Any]) -> list[Job]:
+        """Each device's job for a group's export: its result entry, and (when it produced a bundle
+        and latency is on) the inputs to time it on, made once on the host."""
+        entry, first = report["results"][0], cells[0]
+        measurement = None
+        if self.spec.latency.enabled and entry.get("bundle") and entry.get("error") is None:
+            bundle = self.bundle_dir(first) / entry["bundle"]
+            measurement = prepare_measurement(bundle, self.spec.latency, self.max_positions.get(first.model))
+        validated, sha256 = self.spec.validation.enabled, report["model"].get("sha256")
+        return [Job(cell, entry, sha256, measurement, validated) for cell in cells]
+
+    def record_job(
+        self, job: Job, latency: dict[str, Any] | None, facts: dict[str, Any], seconds: float | None
+    ) -> None:
+        """Store a device's finished cell at once (a worker calls this), then show it."""
+        entry = job.result(latency, seconds)
+        self._store(job.cell, self.row(job.cell, entry, latency, facts, job.sha256))
 
 
-def _model_hashes(spec: LabSpec, cells: list[Cell]) -> dict[str, str]:
-    """Check every model of the run can be found (exit 2 naming it, before anything runs) and
-    hash its files (for error rows and the export cache)."""
+def _model_sources(spec: LabSpec, cells: list[Cell]) -> dict[str, ModelSource]:
+    """Check every model of the run can be found (exit 2 naming it, before anything runs); their
+    files give the content hash (for error rows) and the position limit (for decoder prompts)."""
     from edge_export.exporter.source import resolve
 
-    hashes = {}
+    sources = {}
     for label in dict.fromkeys(cell.model for cell in cells):
         model = spec.models[label]
         try:
-            hashes[label] = resolve(model.path, revision=model.revision).sha256()
+            sources[label] = resolve(model.path, revision=model.revision)
         except InputError as exc:
             raise InputError(f"model '{label}': {exc.message}", hint=exc.hint) from exc
-    return hashes
+    return sources
 
 
 @contextlib.contextmanager
-def _closing(store: Any, run_id: str, display: LabDisplay) -> Iterator[Callable[[str], None]]:
+def _closing(
+    store: Any, run_id: str, display: LabDisplay, stop: Callable[[], None]
+) -> Iterator[Callable[[str], None]]:
     """Close the run in the store exactly once: "finished" by the caller, "interrupted" on Ctrl-C
-    (raised again as Interrupted, naming --resume), "failed" on any other error. The console
-    script's signal handler exits without unwinding, so it gets a clean-up that marks the run."""
+    (raised again as Interrupted, naming --resume), "failed" on any other error; `stop` first, so
+    no device worker writes a row after it. The console script's signal handler exits without
+    unwinding, so it gets a clean-up that marks the run."""
     open_ = [True]
 
     def close(status: str) -> None:
         if open_[0]:
             open_[0] = False
+            stop()
             display.close()
             store.finish_run(run_id, status)
 
@@ -281,14 +313,19 @@ def run_lab(
     else:
         run_id, done = check_run_id(run_id) if run_id else new_run_id(), set()
     pending = [cell for cell in cells if cell.id not in done]
-    hashes = _model_hashes(spec, pending)
-    display = LabDisplay([c.device for c in pending], progress)
+    sources = _model_sources(spec, pending)
+    groups = list(export_groups(pending).values())
+    display = LabDisplay([c.device for c in pending], progress, groups=len(groups))
     lab = LabRun(spec, store, run_id, labels or {}, out, cache_dir, display)
-    lab.model_hashes = hashes
+    lab.model_hashes = {label: source.sha256() for label, source in sources.items()}
+    lab.max_positions = {label: source_max_positions(source.folder) for label, source in sources.items()}
+    devices = {name: get_device(name, spec.inventory) for name in dict.fromkeys(c.device for c in pending)}
+    pool = DevicePool(devices, spec.latency, display, lab.record_job)
     store.begin_run(run_id, lab.labels, str(spec.source or ""), shard_text, [c.to_dict() for c in cells])
-    with _closing(store, run_id, display) as close:
-        for group in export_groups(pending).values():
-            lab.run_group(group)
+    with _closing(store, run_id, display, pool.stop_recording) as close:
+        with pool:  # leaving it waits for every device's last job (or, on an error, stops them)
+            for group in groups:
+                lab.run_group(group, pool)
         close("finished")
     rows = [row for row in store.rows(run_id=run_id) if row["cell"] in {c.id for c in cells}]
     return summarize(run_id, lab.labels, shard_text, cells, rows), max(map(row_exit_code, rows), default=0)
@@ -314,7 +351,7 @@ def summarize(
     }  # fmt: skip
 
 
-def _cached(spec: LabSpec, cell: Cell, devices: list[str], cache_dir: Path) -> bool:
+def _cached(spec: LabSpec, cell: Cell, cache_dir: Path) -> bool:
     """Whether the export cache holds a group's bundle: the key the export run would look up,
     computed the same way (run/orchestrate.cache_key) without loading the model."""
     from edge_export.cache import ExportCache
@@ -323,7 +360,7 @@ def _cached(spec: LabSpec, cell: Cell, devices: list[str], cache_dir: Path) -> b
     from edge_export.run.session import ExportRun
 
     lab = LabRun(spec, None, "", {}, Path("."), cache_dir, LabDisplay([], False))
-    run = ExportRun(lab.config(cell, devices), Progress(enabled=False))
+    run = ExportRun(lab.config(cell), Progress(enabled=False))
     try:
         return ExportCache(cache_dir).has(cache_key(run, run.plan[0]))
     finally:
@@ -335,14 +372,14 @@ def plan_lab(spec: LabSpec, cells: list[Cell], cache_dir: Path | None) -> dict[s
     its bundle (None without a cache). Nothing is exported, loaded or measured."""
     from edge_export.lab.matrix import skipped_cells
 
-    _model_hashes(spec, cells)  # every model must be there, as for a real run
+    _model_sources(spec, cells)  # every model must be there, as for a real run
     groups = []
     for (model, recipe), group in export_groups(cells).items():
         devices = [cell.device for cell in group]
         first = group[0]
         groups.append({
             "model": model, "recipe": recipe, "target": first.target, "precision": first.precision,
-            "devices": devices, "cached": _cached(spec, first, devices, cache_dir) if cache_dir else None,
+            "devices": devices, "cached": _cached(spec, first, cache_dir) if cache_dir else None,
         })  # fmt: skip
     return {
         "lab_file": str(spec.source or ""), "cells": [cell.to_dict() for cell in cells], "groups": groups,
