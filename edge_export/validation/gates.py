@@ -54,7 +54,8 @@ METRICS: dict[str, tuple[bool, str]] = {
 # Decode-path gates every decoder recipe gets, derived from its own prefill gates when its table
 # does not set them: the decode steps see the same weights and the same quantization, only through
 # the cache one token at a time, so they must agree about as well as the prompt path does. Margins:
-# 32 forced tokens give a binomial spread of ~0.07 at 0.8 agreement (0.15 is two of them). The
+# 32 forced tokens give a binomial spread of ~0.07 at 0.8 agreement (0.15 is two of them). SmolLM2
+# ONNX: fp32 1.0 / 120.8 dB, int8-dynamic 1.0 / 30.5 dB, int4-weight 0.781 / 14.9 dB. The
 # decode SQNR keeps the prompt path's floor: that one is the worst case over the prompt cases, and
 # the decode path measured above it (SmolLM2 tflite:int8-dynamic 24.7 vs 21.4 dB, int4-block 12.3
 # vs 7.4 dB; decode agreement 0.875 / 0.719 against next-token agreement 0.911 / 0.742).
@@ -96,9 +97,12 @@ FP16_GATES = {"sqnr_db": 30.0, "cosine_min": 0.999, "embedding_cosine_min": 0.99
 # target's static-activation recipe shares these thresholds. onnx:int8-static: MiniLM embedding
 # cosine min 0.929, sqnr 8.9 dB; SmolLM2 perplexity +7.7%, next-token agreement 0.845. Their SQNR
 # falls as low as int4's, so the scale bound is int4's.
+# Their decode path is further from the prompt path than dynamic recipes' (activation ranges are
+# calibrated on prompts, a decode step sees one token): onnx:int8-static SmolLM2 decode agreement
+# 0.688 against next-token agreement 0.845 (int8-dynamic 1.0 / 0.966), hence its own floor.
 STATIC_INT8_GATES = {"sqnr_db": 6.0, "embedding_cosine_min": 0.9, "top1_agreement": 0.8,
                      "next_token_agreement": 0.8, "perplexity_delta_pct": 15.0,
-                     "norm_ratio_dev": 0.4}  # fmt: skip
+                     "norm_ratio_dev": 0.4, "decode_agreement": 0.5}  # fmt: skip
 
 
 # Gates every recipe of a precision gets unless its own table sets them: the lower side of the

@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from edge_export.targets.base import Recipe, RecipeOptions, WeightBits
-from edge_export.validation.gates import FP16_GATES, FP32_GATES
+from edge_export.validation.gates import FP16_GATES, FP32_GATES, STATIC_INT8_GATES
 
 Backend = Literal["xnnpack", "coreml"]
 EmbeddingBits = Literal[4, 8, 32]  # 32 keeps token embeddings float
@@ -89,7 +89,8 @@ RECIPES = (
         options_model=XnnpackInt8StaticOptions,
         needs_calibration=True,
         gates={"sqnr_db": 6.0, "embedding_cosine_min": 0.9, "top1_agreement": 0.8,
-               "next_token_agreement": 0.7, "perplexity_delta_pct": 25.0},
+               "next_token_agreement": 0.7, "perplexity_delta_pct": 25.0,
+               "decode_agreement": STATIC_INT8_GATES["decode_agreement"]},
     ),
     Recipe(
         "executorch:xnnpack-8da4w", "int4",
