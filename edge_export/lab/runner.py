@@ -32,11 +32,13 @@ from edge_export.lab.matrix import Cell, export_groups, resolve_matrix, shard
 from edge_export.lab.spec import LabSpec
 from edge_export.lab.workers import DevicePool, Job
 from edge_export.report.result import Result, exit_code
-from edge_export.run.device_job import prepare_measurement, source_max_positions
-from edge_export.run.orchestrate import run_export
+from edge_export.run.device_job import Measurement, prepare_measurement, source_max_positions
+from edge_export.run.orchestrate import OnResult, run_export
 
 if TYPE_CHECKING:
     from edge_export.exporter.source import ModelSource
+    from edge_export.run.plan import PlannedRun
+    from edge_export.run.session import ExportRun
 
 # CI environment variables recorded as run labels (the first one set wins for each label).
 CI_LABELS = {
@@ -134,6 +136,7 @@ class LabRun:
         self.out, self.cache_dir, self.display = out, cache_dir, display
         self.model_hashes: dict[str, str] = {}
         self.max_positions: dict[str, int | None] = {}  # per model: a decoder prompt must fit them
+        self.remote: set[str] = set()  # devices other than this machine: their outputs are gated
 
     def config(self, cell: Cell) -> ExportConfig:
         """The export config of a group: its model and recipe, exported and validated on the host
@@ -197,8 +200,9 @@ class LabRun:
         with pool.host():
             self.display.start_group(first.model, first.recipe, [cell.device for cell in cells])
             try:
-                report, _ = run_export(self.config(first), self.display)
-                jobs = self.jobs(cells, report)
+                made: list[Measurement] = []  # the bundle's measurement (by `prepare`)
+                report, _ = run_export(self.config(first), self.display, on_result=self.prepare(cells, made))
+                jobs = self.jobs(cells, report, made[0] if made else None)
             except (KeyboardInterrupt, Interrupted):
                 raise
             except OSError as exc:
@@ -217,16 +221,24 @@ class LabRun:
         self.store.record(row)
         self.display.cell_done(cell, row)
 
-    def jobs(self, cells: list[Cell], report: dict[str, Any]) -> list[Job]:
+    def prepare(self, cells: list[Cell], made: list[Measurement]) -> OnResult:
+        """run_export's `on_result` for a group: the inputs to time its bundle on into `made`, gated
+        (the PyTorch reference on them, made while the run is alive) when a remote device is in it."""
+        gated = any(cell.device in self.remote for cell in cells)
+        lat, positions, final = self.spec.latency, self.max_positions.get(cells[0].model), self.bundle_dir(cells[0])  # fmt: skip
+
+        def on_result(run: ExportRun, planned: PlannedRun, result: Result, staging: Path) -> None:
+            if lat.enabled and result.bundle and result.error is None:
+                job = prepare_measurement(staging / result.bundle, lat, positions, final / result.bundle)
+                made.append(job.with_gate(run, planned) if gated and run.validator is not None else job)
+
+        return on_result
+
+    def jobs(self, cells: list[Cell], report: dict[str, Any], measurement: Measurement | None) -> list[Job]:
         """Each device's job for a group's export: its result entry, and (when it produced a bundle
-        and latency is on) the inputs to time it on, made once on the host."""
-        entry, first = report["results"][0], cells[0]
-        measurement = None
-        if self.spec.latency.enabled and entry.get("bundle") and entry.get("error") is None:
-            bundle = self.bundle_dir(first) / entry["bundle"]
-            measurement = prepare_measurement(bundle, self.spec.latency, self.max_positions.get(first.model))
+        and latency is on) the measurement `prepare` made."""
         validated, sha256 = self.spec.validation.enabled, report["model"].get("sha256")
-        return [Job(cell, entry, sha256, measurement, validated) for cell in cells]
+        return [Job(cell, report["results"][0], sha256, measurement, validated) for cell in cells]
 
     def record_job(
         self, job: Job, latency: dict[str, Any] | None, facts: dict[str, Any], seconds: float | None
@@ -320,6 +332,7 @@ def run_lab(
     lab.model_hashes = {label: source.sha256() for label, source in sources.items()}
     lab.max_positions = {label: source_max_positions(source.folder) for label, source in sources.items()}
     devices = {name: get_device(name, spec.inventory) for name in dict.fromkeys(c.device for c in pending)}
+    lab.remote = {name for name, device in devices.items() if device.kind != "local"}
     pool = DevicePool(devices, spec.latency, display, lab.record_job)
     store.begin_run(run_id, lab.labels, str(spec.source or ""), shard_text, [c.to_dict() for c in cells])
     with _closing(store, run_id, display, pool.stop_recording) as close:

@@ -10,6 +10,7 @@ import errno
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ from edge_export.run.plan import PlannedRun
 from edge_export.run.session import ExportRun, timed
 from edge_export.targets.base import Artifact
 from edge_export.validation.gates import resolve_thresholds
+
+# Called per finished result while the run is alive: (run, planned recipe, result, staging folder).
+OnResult = Callable[[ExportRun, PlannedRun, Result, Path], None]
 
 
 def export_one(run: ExportRun, planned: PlannedRun, staging: Path) -> Result:
@@ -224,15 +228,26 @@ def _manifest(run: ExportRun, planned: PlannedRun, artifact: Artifact) -> dict[s
     }  # fmt: skip
 
 
-def run_export(cfg: ExportConfig, progress: Progress | None = None) -> tuple[dict[str, Any], int]:
-    """Run a whole export; returns (report, exit code). Raises EdgeExportError for usage errors."""
+def run_export(
+    cfg: ExportConfig, progress: Progress | None = None, on_result: OnResult | None = None
+) -> tuple[dict[str, Any], int]:
+    """Run a whole export; returns (report, exit code). Raises EdgeExportError for usage errors.
+
+    `on_result(run, planned, result, staging)` runs after each recipe's result, while the run (its
+    loaded model and PyTorch reference) is alive; `staging` is the folder the bundles are staged in
+    (`result.bundle` names the result's own; the folder becomes cfg.out when the run commits). What
+    it raises ends the run like any other error."""
     started = time.perf_counter()
     run = ExportRun(cfg, progress or Progress(enabled=False))  # ids, data, devices: checked first
     source = run.resolve_source()  # the model's files, so OUT can never be where they live
     staged = StagedOutput(cfg.out, cfg.force, protect=source.protected_paths())
     try:
         model = run.load()
-        results = [export_one(run, planned, staged.path) for planned in run.plan]
+        results = []
+        for planned in run.plan:
+            results.append(export_one(run, planned, staged.path))
+            if on_result is not None:
+                on_result(run, planned, results[-1], staged.path)
         report = {
             "schema": REPORT_SCHEMA,
             "model": {"source": cfg.model, "task": model.task, "sha256": model.sha256,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from edge_export.run.device_latency import latency_entry
 from edge_export.run.plan import PlannedRun, plan_runs
 from edge_export.targets.base import Target
 from edge_export.targets.registry import require_family
-from edge_export.validation.accuracy import Validator
+from edge_export.validation.accuracy import DeviceReference, Validator
 from edge_export.validation.cases import calibration_set, latency_inputs
 from edge_export.validation.drift import host_fingerprint
 from edge_export.validation.gates import evaluate, failure_message, resolve_thresholds
@@ -39,6 +40,39 @@ def timed(timings: dict[str, float], key: str) -> Iterator[None]:
         yield
     finally:
         timings[key] = round(time.perf_counter() - start, 3)
+
+
+def gate_entry(
+    recipe_id: str, thresholds: dict[str, float], metrics: dict[str, float], measured_on: str
+) -> dict[str, Any]:
+    """An accuracy entry: `metrics` checked against `thresholds`, the failure line (if any) naming
+    the recipe, and the device when measured anywhere but on the host."""
+    gates = evaluate(metrics, thresholds)
+    label = recipe_id if measured_on in ("host", "host-estimate") else f"{recipe_id} on {measured_on}"
+    return {
+        "measured_on": measured_on,
+        "metrics": metrics,
+        "gates": [g.to_dict() for g in gates],
+        "failure": failure_message(label, gates),
+    }
+
+
+@dataclass(frozen=True)
+class DeviceGate:
+    """The gate of the outputs a device returns for one set of inputs: the recipe, its thresholds
+    and the PyTorch reference for those inputs (no model: the device lab keeps it with a device's
+    job after the export run has ended)."""
+
+    recipe_id: str
+    thresholds: dict[str, float]
+    reference: DeviceReference
+
+    def score(self, device: str, feeds: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+        """The device's accuracy entry (as an export run records it): gated metrics, or `not_run`
+        when the device returned no outputs to score."""
+        if missing := self.reference.missing(outputs):
+            return {"not_run": f"not checked: {device} returned no {', '.join(missing)} output"}
+        return gate_entry(self.recipe_id, self.thresholds, self.reference.score(feeds, outputs), device)
 
 
 class ExportRun:
@@ -136,21 +170,19 @@ class ExportRun:
         measured = self.validator.measure(runnable)
         return self.gated(run, measured.metrics, measured_on) | {"details": measured.details}
 
+    def thresholds(self, run: PlannedRun) -> dict[str, float]:
+        """The recipe's thresholds with the config's overrides."""
+        recipe = run.recipe
+        return resolve_thresholds(recipe.id, recipe.precision, recipe.gates, self.cfg.validation.gates)
+
     def gated(self, run: PlannedRun, metrics: dict[str, float], measured_on: str) -> dict[str, Any]:
         """Metrics checked against the recipe's thresholds (and the config's overrides)."""
-        thresholds = resolve_thresholds(
-            run.recipe.id, run.recipe.precision, run.recipe.gates, self.cfg.validation.gates
-        )
-        gates = evaluate(metrics, thresholds)
-        label = (
-            run.recipe.id if measured_on in ("host", "host-estimate") else f"{run.recipe.id} on {measured_on}"
-        )
-        return {
-            "measured_on": measured_on,
-            "metrics": metrics,
-            "gates": [g.to_dict() for g in gates],
-            "failure": failure_message(label, gates),
-        }
+        return gate_entry(run.recipe.id, self.thresholds(run), metrics, measured_on)
+
+    def device_gate(self, run: PlannedRun, feeds: dict[str, Any]) -> DeviceGate:
+        """The gate of a device's outputs for `feeds`: the PyTorch reference on those feeds and the
+        recipe's thresholds (small: it outlives this run in the device lab)."""
+        return DeviceGate(run.recipe.id, self.thresholds(run), self.validator.device_reference(feeds))
 
     def measure_latency(self, device: Device, bundle: Path, run: PlannedRun) -> dict[str, Any]:
         """Latency of one bundle on one device, on real-text inputs of the configured size.
@@ -172,7 +204,7 @@ class ExportRun:
 
     def _device_check(self, run: PlannedRun, device: str, inputs: dict[str, Any]) -> Any:
         def check(outputs: dict[str, Any]) -> dict[str, Any]:
-            return self.gated(run, self.validator.device_metrics(inputs, outputs), device)
+            return self.device_gate(run, inputs).score(device, inputs, outputs)
 
         return check
 

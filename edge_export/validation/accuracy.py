@@ -70,6 +70,80 @@ def _row_metrics(case: Case, ref: np.ndarray, candidate: np.ndarray) -> dict[str
     }
 
 
+TASK_METRICS = {
+    "feature-extraction": "embedding_cosine_min",
+    "text-classification": "top1_agreement",
+    "token-classification": "top1_agreement",
+    "fill-mask": "top1_agreement",
+}
+
+
+def task_metric_name(task: str) -> str | None:
+    """The gated metric of a task beyond the primary output's (None: the task has none)."""
+    return TASK_METRICS.get(task)
+
+
+def task_outputs(task: str, ref_out: dict[str, Any]) -> set[str]:
+    """The outputs `task_value` reads for a task (given the reference's output names)."""
+    if task == "feature-extraction":
+        return {"sentence_embedding" if "sentence_embedding" in ref_out else "last_hidden_state"}
+    return {"logits"} if task in TASK_METRICS else set()
+
+
+def task_value(task: str, case: Case, ref_out: dict, cand_out: dict) -> float:
+    """The task metric of one case: worst embedding cosine, or top-1 agreement of the logits."""
+    if task == "feature-extraction":
+        if "sentence_embedding" in ref_out:
+            ref, cand = ref_out["sentence_embedding"], cand_out["sentence_embedding"]
+        else:
+            mask = case.feeds["attention_mask"]
+            ref = m.mean_pool(ref_out["last_hidden_state"], mask)
+            cand = m.mean_pool(cand_out["last_hidden_state"], mask)
+        return float(m.row_cosines(ref, cand).min())
+    if task == "fill-mask":
+        return m.top1_agreement(ref_out["logits"], cand_out["logits"], case.masked_positions)
+    if task == "text-classification":
+        return m.top1_agreement(ref_out["logits"], cand_out["logits"])
+    if task == "token-classification":  # per-token labels, padding excluded
+        return m.top1_agreement(ref_out["logits"], cand_out["logits"], case.valid)
+    return float("nan")
+
+
+@dataclass(frozen=True)
+class DeviceReference:
+    """The PyTorch reference for one set of device inputs, kept small enough to outlive the model
+    (the device lab scores a device's outputs after the export run has ended): a graph model's
+    primary output and task output (`outputs`), or a decoder's greedy continuation (`generated`)."""
+
+    task: str
+    primary: str
+    outputs: dict[str, np.ndarray]
+    generated: list[int] | None = None
+
+    def missing(self, outputs: dict[str, np.ndarray]) -> list[str]:
+        """The outputs scoring needs that the device did not return."""
+        needed = ["generated_ids"] if self.generated is not None else list(self.outputs)
+        return [name for name in needed if name not in outputs]
+
+    def score(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """Score what a device returned for `feeds` (the feeds this reference was made for).
+
+        Graph runs: the primary output's error, SQNR and worst row cosine, plus the task metric.
+        Generate runs (decoders): how much of the device's greedy continuation of the prompt is
+        identical to PyTorch's (`generation_match`).
+        """
+        if self.generated is not None:
+            cand = [int(t) for t in np.asarray(outputs["generated_ids"]).reshape(-1)]
+            count = min(len(self.generated), len(cand))
+            match = m.matching_prefix(self.generated[:count], cand[:count])
+            return {"generation_match": match / max(1, count)}
+        case = Case("device", feeds, feeds["attention_mask"].astype(bool))
+        metrics = _row_metrics(case, self.outputs[self.primary], outputs[self.primary])
+        if name := task_metric_name(self.task):
+            metrics[name] = task_value(self.task, case, self.outputs, outputs)
+        return metrics
+
+
 class Validator:
     """Holds the reference results for one model; `measure` scores any candidate against them."""
 
@@ -215,30 +289,10 @@ class Validator:
         return AccuracyResult(result, details)
 
     def _task_metric_name(self) -> str | None:
-        return {
-            "feature-extraction": "embedding_cosine_min",
-            "text-classification": "top1_agreement",
-            "token-classification": "top1_agreement",
-            "fill-mask": "top1_agreement",
-        }.get(self.model.task)
+        return task_metric_name(self.model.task)
 
     def _task_value(self, case: Case, ref_out: dict, cand_out: dict) -> float:
-        task = self.model.task
-        if task == "feature-extraction":
-            if "sentence_embedding" in ref_out:
-                ref, cand = ref_out["sentence_embedding"], cand_out["sentence_embedding"]
-            else:
-                mask = case.feeds["attention_mask"]
-                ref = m.mean_pool(ref_out["last_hidden_state"], mask)
-                cand = m.mean_pool(cand_out["last_hidden_state"], mask)
-            return float(m.row_cosines(ref, cand).min())
-        if task == "fill-mask":
-            return m.top1_agreement(ref_out["logits"], cand_out["logits"], case.masked_positions)
-        if task == "text-classification":
-            return m.top1_agreement(ref_out["logits"], cand_out["logits"])
-        if task == "token-classification":  # per-token labels, padding excluded
-            return m.top1_agreement(ref_out["logits"], cand_out["logits"], case.valid)
-        return float("nan")
+        return task_value(self.model.task, case, ref_out, cand_out)
 
     def _lm_compare(self, candidate: Runnable) -> tuple[dict[str, float], dict[str, Any]]:
         cand = self._lm_measure(candidate)
@@ -277,31 +331,26 @@ class Validator:
     def device_metrics(
         self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
     ) -> dict[str, float]:
-        """Score what a device returned for `feeds` against the PyTorch reference on the same feeds.
+        """Score what a device returned for `feeds` against the PyTorch reference on the same feeds
+        (`device_reference`, then `DeviceReference.score`)."""
+        return self.device_reference(feeds).score(feeds, outputs)
 
-        Graph runs: the primary output's error, SQNR and worst row cosine, plus the task metric.
-        Generate runs (decoders): how much of the device's greedy continuation of the prompt is
-        identical to PyTorch's (`generation_match`).
-        """
+    def device_reference(self, feeds: dict[str, np.ndarray]) -> DeviceReference:
+        """What scoring a device's outputs for `feeds` needs from the PyTorch reference, and no more:
+        a decoder's greedy continuation of the prompt (cached per prompt), or a graph model's
+        primary output and the output its task metric reads, for exactly these feeds."""
         reference = self.model.reference()
+        task, primary = self.model.task, self.model.io.primary_output
         if self.model.io.kind == "decoder":
             prompt = [int(t) for t in feeds["prompt_ids"].reshape(-1)]
             key = tuple(prompt)
             if key not in self._device_generations:
                 session = session_for(reference, self.model.io.to_dict())
                 self._device_generations[key] = greedy_generate(session, prompt, self.generate_tokens)
-            ref = self._device_generations[key]
-            cand = [int(t) for t in outputs["generated_ids"].reshape(-1)]
-            count = min(len(ref), len(cand))
-            return {"generation_match": m.matching_prefix(ref[:count], cand[:count]) / max(1, count)}
+            return DeviceReference(task, primary, {}, list(self._device_generations[key]))
         ref_out = reference.run(feeds)
-        case = Case("device", feeds, feeds["attention_mask"].astype(bool))
-        primary = self.model.io.primary_output
-        metrics = _row_metrics(case, ref_out[primary], outputs[primary])
-        task_metric = self._task_metric_name()
-        if task_metric:
-            metrics[task_metric] = self._task_value(case, ref_out, outputs)
-        return metrics
+        keep = {primary, *task_outputs(task, ref_out)}
+        return DeviceReference(task, primary, {k: np.asarray(ref_out[k]) for k in keep if k in ref_out})
 
     def _decode(self, ids: list[int]) -> str | list[int]:
         tok = self.model.tokenizer

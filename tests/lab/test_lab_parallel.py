@@ -129,14 +129,14 @@ def _patch(monkeypatch: pytest.MonkeyPatch, timeline: Timeline, fakes: dict[str,
     def get_device(name: str, inventory: Any = None) -> Any:
         return fakes[name] if name in fakes else TimedDevice(real_get(name, inventory), timeline)
 
-    def run_export(cfg: Any, progress: Any) -> Any:
+    def run_export(cfg: Any, progress: Any, **kwargs: Any) -> Any:
         recipe = cfg.recipes[0]
         timeline.export_started[recipe].set()
         if on_export is not None:
             on_export(recipe)
         started = time.monotonic()
         try:
-            return real_export(cfg, progress)
+            return real_export(cfg, progress, **kwargs)
         finally:
             timeline.exports.append((recipe, started, time.monotonic()))
 

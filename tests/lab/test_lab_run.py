@@ -89,11 +89,11 @@ def test_resume_after_an_interrupt_runs_only_the_missing_cells(
     calls: list[str] = []
     real = runner.run_export
 
-    def interrupted_second_group(cfg: Any, progress: Any) -> Any:
+    def interrupted_second_group(cfg: Any, progress: Any, **kwargs: Any) -> Any:
         calls.append(cfg.recipes[0])
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(cfg, progress)
+        return real(cfg, progress, **kwargs)
 
     monkeypatch.setattr(runner, "run_export", interrupted_second_group)
     store_path = tmp_path / "resume.sqlite"
