@@ -269,6 +269,10 @@ def _cell_changes(
     if latency is not None:
         changes.append(latency)
     changes += accuracy_changes(cell, cur, base, options.get("tolerances"))
+    decode = decode_change(cell, cur, base, options)
+    if decode is not None:
+        changes.append(decode)
+        return changes
     cur_rate, base_rate = (
         _as_float(cur.get("decode_tokens_per_s")),
         _as_float(base.get("decode_tokens_per_s")),
@@ -278,6 +282,27 @@ def _cell_changes(
         changes.append(_change(cell, "throughput", "decode_tokens_per_s", base_rate, cur_rate,
                                ratio=cur_rate / base_rate, detail="no samples stored: reported, not tested"))  # fmt: skip
     return changes or [_change(cell, "same", "cell", base.get("status"), cur.get("status"))]
+
+
+def _decode_samples(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A decoder row's per-step decode times (the latency entry's `decode_samples_ms`) in the
+    shape latency_change reads."""
+    return {"samples_ms": (row.get("latency") or {}).get("decode_samples_ms")}
+
+
+def decode_change(
+    cell: str, cur: Mapping[str, Any], base: Mapping[str, Any], options: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The decode-step verdict of a decoder cell, by the same test as its prompt latency, when both
+    runs stored their decode steps (None otherwise: older rows keep the report-only rate)."""
+    cur_steps, base_steps = _decode_samples(cur), _decode_samples(base)
+    if not (testable(cur_steps) and testable(base_steps)):
+        return None
+    change = latency_change(cell + "#decode", cur_steps, base_steps, min_effect=options["min_effect"],
+                            confidence=options["confidence"], resamples=options["resamples"],
+                            seed=options["seed"])  # fmt: skip
+    assert change is not None  # both sides have samples
+    return change | {"cell": cell, "metric": "decode_step_ms"}
 
 
 def _by_cell(rows: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -302,7 +327,12 @@ def compare_runs(
     if not 0.0 < confidence < 1.0 or min_effect < 0:
         raise ValueError(f"need 0 < confidence < 1 and min_effect >= 0 (got {confidence}, {min_effect})")
     cur, base = _by_cell(current), _by_cell(baseline)
-    tested = sum(1 for cell in cur.keys() & base.keys() if testable(cur[cell]) and testable(base[cell]))
+    matched = cur.keys() & base.keys()
+    tested = sum(1 for cell in matched if testable(cur[cell]) and testable(base[cell])) + sum(
+        1
+        for cell in matched
+        if testable(_decode_samples(cur[cell])) and testable(_decode_samples(base[cell]))
+    )
     options = {"min_effect": min_effect, "confidence": cell_confidence(confidence, tested, familywise),
                "resamples": resamples, "seed": seed}  # fmt: skip
     changes = []

@@ -57,6 +57,8 @@ def latency_entry(
             decode_tokens=lat.decode_tokens,
             decode_tokens_per_s=decode_rate(res.extra.get("decode_ms", [])),
         )
+        if res.extra.get("decode_ms"):  # every decode step, so a store can test the decode rate too
+            entry["decode_samples_ms"] = [round(float(v), 4) for v in res.extra["decode_ms"]]
     elif native:  # the device's benchmark binary: the shape it really ran, and no outputs to gate
         entry.update(batch_size=native["batch_size"], sequence_length=native["sequence_length"],
                      native_tool=native["tool"], note=native["note"] or None)  # fmt: skip

@@ -258,3 +258,21 @@ def test_compares_rows_read_back_from_a_store(tmp_path: Path) -> None:
                           "accuracy": {"measured_on": "host", "metrics": {"cosine_min": cosine}}})  # fmt: skip
         changes = compare_runs(store.rows("cur"), store.rows(store.resolve_run("previous", before="cur")))
     assert sorted(c["kind"] for c in changes if c["regression"]) == ["accuracy_regression", "slower"]
+
+
+def test_decode_steps_are_tested_like_prompt_latency() -> None:
+    """A decoder cell whose stored decode steps got 20% slower is a regression (metric
+    decode_step_ms); the same steps redrawn from one distribution are not."""
+    rng = np.random.default_rng(11)
+
+    def decoder(steps_ms: float) -> dict[str, Any]:
+        latency = {"decode_samples_ms": timings(rng, 96, steps_ms, 0.05)}
+        return row("m|onnx:int4-weight|pi", samples_ms=timings(rng, 20, 40.0, 0.05), latency=latency)
+
+    slower = compare_runs([decoder(12.0)], [decoder(10.0)])
+    decode = [c for c in slower if c["metric"] == "decode_step_ms"]
+    assert has_regression(slower) and decode[0]["kind"] == "slower" and decode[0]["regression"]
+    assert decode[0]["ratio"] == pytest.approx(1.2, rel=0.05)
+    same = compare_runs([decoder(10.0)], [decoder(10.0)])
+    assert not has_regression(same)
+    assert [c["kind"] for c in same if c["metric"] == "decode_step_ms"] == ["same"]
