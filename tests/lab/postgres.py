@@ -116,7 +116,8 @@ class LocalPostgres:
 def postgres_fixture() -> Iterator[LocalPostgres]:
     """One PostgreSQL server for the test session (per module that imports this fixture)."""
     if not (PG_BIN / "initdb").is_file():
-        pytest.skip(f"PostgreSQL 15 is not installed at {PG_BIN} (make setup installs postgresql)")
+        # a missing program is a broken set-up, not a missing device: fail, never skip
+        pytest.fail(f"PostgreSQL 15 is not installed at {PG_BIN}: run `make setup` (installs postgresql)")
     server = LocalPostgres()
     try:
         server.start()

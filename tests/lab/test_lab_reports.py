@@ -199,14 +199,17 @@ def test_fallback_png_decoder_handles_every_filter() -> None:
     assert np.array_equal(_decode_png(_png(pixels)), pixels)
 
 
-needs_chromium = pytest.mark.skipif(not available(), reason="make setup installs chromium")
+def require_chromium() -> None:
+    """A missing Chromium is a broken set-up, not a missing device: fail, never skip."""
+    if not available():
+        pytest.fail("chromium is not installed: run `make setup` (installs Debian's chromium)")
 
 
-@needs_chromium
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     """From file://: no console output at all (errors, blocked loads), the page's script ran to
     the end, and in a screenshot every chart with data shows coloured marks where a 'no data'
     chart shows only grey text in its frame."""
+    require_chromium()
     rows, history, run = full_lab()
     page = write_html(tmp_path / "report.html", rows, history, run)
     loaded = load(page)
@@ -229,9 +232,9 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert len(no_data) == 2  # executorch on the Pi (not run) and tflite on the Pi (error): no trend
 
 
-@needs_chromium
 def test_browser_check_sees_script_errors_and_blocked_loads(tmp_path: Path) -> None:
     """The check above can fail: an external image and a broken script are both reported."""
+    require_chromium()
     rows, history, run = sample_lab()
     broken = render_html(copy.deepcopy(rows), history, run).replace(
         '<pre id="js-errors"></pre>',

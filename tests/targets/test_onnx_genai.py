@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime_genai as og  # the onnx extra installs it: missing is a broken set-up
 import pytest
 from conftest import make_decoder, run_cli
 
@@ -17,8 +18,6 @@ from edge_export.devices.agent.onnx_model import OnnxModel
 from edge_export.exporter.families.decoder import MODEL_TYPES
 from edge_export.run.bundle import verify_bundle
 from edge_export.targets.onnx.genai import GENAI_TYPES
-
-og = pytest.importorskip("onnxruntime_genai")  # the onnx extra installs it; CI always has it
 
 PROMPTS = ([5, 17, 42, 99, 3, 7, 200, 11], [250, 1, 64, 64, 9])
 
