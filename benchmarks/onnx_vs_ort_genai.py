@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from _bench_common import clean_env, find_model_onnx, onnx_size_bytes, run_measured
-from _ort_bench import DecoderIO, _step_feeds, make_session
+from _ort_bench import DecoderIO, _greedy_loop, _step_feeds, make_session
 
 MIB = 1024 * 1024
 EE_RECIPES = {"int4": "onnx:int4-weight", "int8": "onnx:int8-dynamic"}
@@ -217,17 +217,9 @@ def onnx_logits(session: ort.InferenceSession, io: DecoderIO, ids: list[int], kv
 def plain_loop(
     session: ort.InferenceSession, io: DecoderIO, prompt: list[int], steps: int, kv_shape: tuple
 ) -> tuple[list[int], float]:
-    """The same greedy loop for every graph: prefill, then `steps` timed single-token steps."""
-    empty = np.zeros((1, kv_shape[0], 0, kv_shape[1]), dtype=io.kv_dtype)
-    past = {name: empty for name in io.past_inputs.values()}
-    outputs = session.run(io.outputs, _step_feeds(io, prompt, 0, past))
-    tokens = [int(np.argmax(outputs[0][0, -1]))]
-    start = time.perf_counter()
-    for _ in range(steps):
-        past = {io.present_to_past[n]: v for n, v in zip(io.outputs[1:], outputs[1:], strict=True)}
-        outputs = session.run(io.outputs, _step_feeds(io, tokens[-1:], len(prompt) + len(tokens) - 1, past))
-        tokens.append(int(np.argmax(outputs[0][0, -1])))
-    return tokens, time.perf_counter() - start
+    """The same greedy loop for every graph (_ort_bench's, shared with onnx_vs_optimum.py)."""
+    ref = {"prompt_ids": prompt, "num_kv_heads": kv_shape[0], "head_dim": kv_shape[1]}
+    return _greedy_loop(session, io, ref, steps)
 
 
 def session_loop(session: Any, prompt: list[int], steps: int) -> tuple[list[int], float]:
