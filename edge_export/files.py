@@ -33,6 +33,16 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file in a bundle folder (relative posix paths), except manifest.json
+    itself: what a manifest records, and what the bundle check and the export cache compare."""
+    return {
+        path.relative_to(folder).as_posix(): file_sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != "manifest.json"
+    }
+
+
 def _short(path: object, limit: int = 400) -> str:
     """A path for a one-line message (a name too long for the file system is cut in the middle)."""
     text = str(path)

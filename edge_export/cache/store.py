@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 
 from edge_export import interrupts
 from edge_export.cache.key import cache_key
-from edge_export.files import file_sha256
+from edge_export.files import file_hashes
 
 LOCK_TIMEOUT_S = 600.0  # a fetch or put of a large bundle copies gigabytes; waiting longer means a stuck run
 STALE_TMP_S = 24 * 3600.0  # a tmp entry of another host is left alone for this long
@@ -224,12 +224,7 @@ def _copy_verified(source: Path, dest: Path, expected: Mapping[str, str]) -> boo
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise  # reading never fills a disk: `dest` is full, the entry is fine
         return False  # a cached file that cannot be read is as unusable as a corrupt one
-    actual = {
-        p.relative_to(dest).as_posix(): file_sha256(p)
-        for p in sorted(dest.rglob("*"))
-        if p.is_file() and p.relative_to(dest).as_posix() != "manifest.json"
-    }
-    return actual == dict(expected)
+    return file_hashes(dest) == dict(expected)
 
 
 def _copy_tree(source: Path, dest: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from edge_export import interrupts
 from edge_export.errors import ConfigError, InputError
-from edge_export.files import describe_os_error, file_sha256, read_json_file
+from edge_export.files import describe_os_error, file_hashes, read_json_file
 from edge_export.run.manifest_check import MANIFEST_SCHEMA, check_manifest
 
 
@@ -140,15 +140,6 @@ def foreign_entries(out: Path) -> list[str]:
     """Names at the top of an existing OUT that edge-export did not write (sorted); [] when OUT
     holds only a previous run's report and bundles (or nothing)."""
     return sorted(entry.name for entry in out.iterdir() if not _is_ours(entry))
-
-
-def file_hashes(bundle: Path) -> dict[str, str]:
-    """sha256 of every file in a bundle (relative posix paths), except manifest.json itself."""
-    return {
-        path.relative_to(bundle).as_posix(): file_sha256(path)
-        for path in sorted(bundle.rglob("*"))
-        if path.is_file() and path.name != "manifest.json"
-    }
 
 
 def write_manifest(bundle: Path, manifest: dict[str, Any], hashes: dict[str, str] | None = None) -> Path:

@@ -18,12 +18,12 @@ from edge_export.cache import ExportCache, library_versions, model_files_sha256,
 from edge_export.config import ExportConfig
 from edge_export.devices.agent.measure import peak_rss_mb
 from edge_export.errors import ExportError, Interrupted
-from edge_export.files import USER_ERRNOS, describe_os_error
+from edge_export.files import USER_ERRNOS, describe_os_error, file_hashes
 from edge_export.quiet import native_stderr_captured
 from edge_export.report.progress import Progress
 from edge_export.report.result import Result, exit_code
 from edge_export.report.schema import REPORT_SCHEMA, tool_versions, write_report
-from edge_export.run.bundle import StagedOutput, file_hashes, write_manifest
+from edge_export.run.bundle import StagedOutput, write_manifest
 from edge_export.run.plan import PlannedRun
 from edge_export.run.session import ExportRun, timed
 from edge_export.targets.base import Artifact
