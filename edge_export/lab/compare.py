@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_export.report.schema import json_safe
 from edge_export.validation.gates import METRICS
 
 RESAMPLES = 2000
@@ -72,10 +73,7 @@ _KIND_ORDER = ("status", "slower", "accuracy_regression", "missing", "new", "inc
 def _change(cell: str, kind: str, metric: str, baseline: Any = None, current: Any = None, *,
             ratio: float | None = None, ci_low: float | None = None, ci_high: float | None = None,
             regression: bool = False, detail: str | None = None) -> dict[str, Any]:  # fmt: skip
-    def plain(value: Any) -> Any:  # strict JSON for `lab compare --json`: NaN becomes "nan"
-        return str(value) if isinstance(value, float) and not math.isfinite(value) else value
-
-    baseline, current, ratio = plain(baseline), plain(current), plain(ratio)
+    baseline, current, ratio = json_safe(baseline), json_safe(current), json_safe(ratio)  # `--json` is strict
     return {"cell": cell, "kind": kind, "metric": metric, "baseline": baseline, "current": current,
             "ratio": ratio, "ci_low": ci_low, "ci_high": ci_high, "regression": regression,
             "detail": detail}  # fmt: skip

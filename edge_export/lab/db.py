@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,21 +29,6 @@ def iso_utc(value: str | None) -> str:
     parsed = datetime.fromisoformat(str(value))
     parsed = parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
     return parsed.isoformat(timespec="microseconds")
-
-
-def json_safe(value: Any) -> Any:
-    """`value` as strict JSON data: PostgreSQL rejects NaN/Infinity in JSON, so non-finite floats
-    become the strings "nan"/"inf"/"-inf" (as report@1 gates write them; float() reads them back);
-    numpy scalars and arrays become Python numbers and lists; tuples become lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array
-        return json_safe(value.tolist())
-    return value
 
 
 def finite_or_none(value: Any) -> float | None:

@@ -27,8 +27,9 @@ import sqlalchemy as sa
 from edge_export import __version__
 from edge_export.errors import ConfigError
 from edge_export.lab import migrations as m
-from edge_export.lab.db import connect_engine, driver_reason, finite_or_none, iso_utc, json_safe, now_iso
+from edge_export.lab.db import connect_engine, driver_reason, finite_or_none, iso_utc, now_iso
 from edge_export.lab.migrations import JSON_FIELDS, measurements, runs
+from edge_export.report.schema import json_safe
 
 ROW_FIELDS = (
     "run_id", "cell", "time", "model", "model_source", "model_sha256", "target", "recipe", "precision",

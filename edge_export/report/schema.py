@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import math
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +40,24 @@ def single_result_report(manifest: dict[str, Any], result: Result) -> tuple[dict
     return report, exit_code([result])
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
+def json_safe(value: Any) -> Any:
+    """`value` as strict JSON data: non-finite floats become the strings "nan"/"inf"/"-inf" (JSON
+    has no NaN and PostgreSQL refuses it; float() reads them back), numpy scalars and arrays become
+    Python numbers and lists, tuples become lists. report.json and the lab's store both use it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array
+        return json_safe(value.tolist())
     return value
 
 
 def to_json(report: dict[str, Any]) -> str:
     """Strict JSON (inf/NaN written as strings)."""
-    return json.dumps(_finite(report), indent=2, default=str)
+    return json.dumps(json_safe(report), indent=2, default=str)
 
 
 def write_report(folder: Path, report: dict[str, Any]) -> Path:

@@ -23,8 +23,8 @@ from postgres import PASSWORD, LocalPostgres, free_port, postgres_fixture  # noq
 
 from edge_export.errors import ConfigError
 from edge_export.lab import migrations
-from edge_export.lab.db import json_safe
 from edge_export.lab.store import ROW_FIELDS, Store, merge_stores, open_store
+from edge_export.report.schema import json_safe
 
 REPO = Path(__file__).resolve().parents[2]
 
